@@ -1,0 +1,243 @@
+"""The params.yaml schema.
+
+Everything tunable lives in params.yaml; this module is the only place that reads it, so a typo
+fails on load with the dotted key and the allowed values instead of deep inside a training run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(ValueError):
+    """params.yaml (or an override) does not match the schema; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Variant(_Strict):
+    """One model configuration trained for a task; each is an MLflow child run."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    cell: Literal["rnn", "lstm", "gru"]
+    hidden_size: PositiveInt = 32
+    num_layers: PositiveInt = 1
+    bidirectional: bool = False
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    topology: Literal["many_to_many", "many_to_one", "one_to_many", "encoder_decoder"] | None = None
+    k1: PositiveInt = 32
+    k2: PositiveInt | None = None
+    clip: Annotated[float, Field(gt=0.0)] | None = None
+    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    embedding_dim: PositiveInt = 64
+    teacher_forcing: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+
+    @model_validator(mode="after")
+    def _k2_covers_k1(self) -> "Variant":
+        if self.k2 is not None and self.k2 < self.k1:
+            raise ValueError(f"k2 ({self.k2}) must be >= k1 ({self.k1}): each update backpropagates "
+                             "through at least the k1 new steps")
+        return self
+
+
+class SeriesPrepare(_Strict):
+    holdout: PositiveInt = 104
+    validation: PositiveInt = 104
+    window: PositiveInt = 208
+    stride: PositiveInt = 26
+    season: PositiveInt = 52
+    difference: bool = True
+
+
+class SeriesEvaluate(_Strict):
+    horizon: PositiveInt = 26
+    origin_stride: PositiveInt = 13
+
+
+class SeriesServing(_Strict):
+    min_history: PositiveInt = 53
+    max_history: PositiveInt = 10000
+    default_horizon: PositiveInt = 12
+    max_horizon: PositiveInt = 520
+
+
+class TaskTraining(_Strict):
+    max_epochs: PositiveInt = 5
+    batch_size: PositiveInt = 16
+
+
+class TimeSeriesTask(_Strict):
+    """A forecasting task: a table with a timestamp, numeric value columns and an optional series id."""
+
+    kind: Literal["timeseries"]
+    topology: Literal["many_to_many", "encoder_decoder"] = "many_to_many"
+    source: str
+    timestamp: str = "date"
+    target: str
+    covariates: list[str] = []
+    series_id: str | None = None
+    gap_fill: Literal["interpolate", "ffill", "drop"] = "interpolate"
+    prepare: SeriesPrepare = SeriesPrepare()
+    evaluate: SeriesEvaluate = SeriesEvaluate()
+    serving: SeriesServing = SeriesServing()
+    training: TaskTraining = TaskTraining()
+    variants: Annotated[list[Variant], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TimeSeriesTask":
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique, got {names}")
+        if self.serving.min_history <= self.prepare.season and self.prepare.difference:
+            raise ValueError("serving.min_history must exceed prepare.season when prepare.difference is true")
+        return self
+
+
+class TextPrepare(_Strict):
+    validation: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
+    holdout: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
+    min_freq: PositiveInt = 2
+    max_vocab: PositiveInt = 20000
+    max_length: PositiveInt = 48
+    seed: int = 13
+
+
+class TextServing(_Strict):
+    max_text_length: PositiveInt = 1000
+    # What happens to a text longer than max_text_length characters: a 400 (reject), or scored on its
+    # first max_text_length characters (truncate). Tokens past prepare.max_length are always truncated.
+    over_length: Literal["reject", "truncate"] = "reject"
+    max_records: PositiveInt = 1000
+
+
+class TextTask(_Strict):
+    """A classification task over labelled text: a table with a text column and a label column."""
+
+    kind: Literal["text"]
+    topology: Literal["many_to_one"] = "many_to_one"
+    source: str
+    text: str = "text"
+    label: str = "label"
+    labels: Annotated[list[str], Field(min_length=2)]
+    duplicates: Literal["keep", "drop"] = "drop"
+    prepare: TextPrepare = TextPrepare()
+    serving: TextServing = TextServing()
+    training: TaskTraining = TaskTraining()
+    variants: Annotated[list[Variant], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TextTask":
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique, got {names}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels must be unique, got {self.labels}")
+        return self
+
+
+Task = Annotated[TimeSeriesTask | TextTask, Field(discriminator="kind")]
+TASK_KINDS = ("timeseries", "text")
+
+
+class Training(_Strict):
+    seed: int = 42
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | Literal["auto"] = "auto"
+    precision: Literal["32-true", "16-mixed", "bf16-mixed", "64-true"] = "32-true"
+    num_threads: PositiveInt = 1
+
+
+class Clipping(_Strict):
+    algorithm: Literal["norm", "value"] = "norm"
+    max_norm: Annotated[float, Field(gt=0.0)] = 1.0
+
+
+class Promote(_Strict):
+    metric: str = "mae"
+    min_improvement: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class Serving(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(gt=0, lt=65536)] = 5055
+
+
+class Params(_Strict):
+    tasks: Annotated[dict[str, Task], Field(min_length=1)]
+    training: Training = Training()
+    clipping: Clipping = Clipping()
+    promote: Promote = Promote()
+    serving: Serving = Serving()
+
+    def task(self, name: str) -> TimeSeriesTask | TextTask:
+        """The named task, or a ConfigError that lists the tasks params.yaml defines."""
+        if name not in self.tasks:
+            raise ConfigError(f"unknown task {name!r}: params.yaml defines {sorted(self.tasks)}")
+        return self.tasks[name]
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source} is invalid:"]
+    for e in err.errors():
+        loc = list(e["loc"])
+        if len(loc) > 2 and loc[0] == "tasks" and loc[2] in TASK_KINDS:
+            del loc[2]  # the union's tag, not a key the user wrote
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        lines.append(f"  {key}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `key.sub=value` override in place; the value is parsed as YAML (numbers, bools, lists)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like key.sub=value")
+    dotted, value = assignment.split("=", 1)
+    node: Any = raw
+    parts = dotted.strip().split(".")
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and isinstance(node.get(part), (dict, list)):
+            node = node[part]
+        else:
+            raise ConfigError(f"override {dotted!r}: {'.'.join(parts[: i + 1])!r} is not a section of params.yaml")
+    leaf = parts[-1]
+    parsed = yaml.safe_load(value)
+    if isinstance(node, list):
+        if not (leaf.isdigit() and int(leaf) < len(node)):
+            raise ConfigError(f"override {dotted!r}: {leaf!r} is not an index of the list")
+        node[int(leaf)] = parsed
+    else:
+        node[leaf] = parsed
+
+
+def load_params(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read and validate params.yaml (default: the project's, or $SEQOPS_PARAMS)."""
+    path = Path(path or os.environ.get("SEQOPS_PARAMS") or PROJECT_ROOT / PARAMS_FILE)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, str(path))) from None

@@ -1,0 +1,126 @@
+"""The model registry: register the retrain's best variant, gate promotion, roll back.
+
+`champion` (what is served) moves only when the candidate beats the current champion, re-scored
+on the same holdout, by params.promote.min_improvement; `challenger` always points at the newest
+candidate. Every decision is written on the version as tags with its reason and both scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipelines.config import Params
+from pipelines.paths import metrics_file, train_record
+from pipelines.tracking import configure, registered_name
+from pipelines.versioning import data_version
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+HISTORY_TAG = "seqops.champion_history"
+
+
+class RegistryError(RuntimeError):
+    """A registry operation cannot be done (no champion, nothing to roll back to, ...)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    version: str
+    promoted: bool
+    reason: str
+    candidate_score: float
+    champion_score: float | None
+    champion_version: str | None
+
+
+def _file_md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest() if path.is_file() else "absent"
+
+
+def champion_version(client: MlflowClient, name: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def decide(candidate: float, champion: float | None, min_improvement: float) -> tuple[bool, str]:
+    """Lower is better. A NaN candidate never wins; a missing or NaN champion always loses."""
+    if math.isnan(candidate) or math.isinf(candidate):
+        return False, f"candidate score is {candidate}: a failed or diverged model is never promoted"
+    if champion is None:
+        return True, "no champion yet: the first candidate becomes champion"
+    if math.isnan(champion):
+        return True, "the champion's score on this holdout is NaN"
+    threshold = champion * (1.0 - min_improvement)
+    if candidate < threshold:
+        return True, (f"candidate {candidate:.6g} beats champion {champion:.6g} by more than "
+                      f"{min_improvement:.1%} (threshold {threshold:.6g})")
+    return False, (f"candidate {candidate:.6g} does not beat champion {champion:.6g} by {min_improvement:.1%} "
+                   f"(needs < {threshold:.6g})")
+
+
+def _set_champion(client: MlflowClient, name: str, version: str, previous: str | None) -> None:
+    if previous is not None:
+        history = client.get_registered_model(name).tags.get(HISTORY_TAG, "")
+        client.set_registered_model_tag(name, HISTORY_TAG, ",".join(filter(None, [history, previous])))
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def promote(root: Path, task: str, params: Params, rescore) -> Decision:
+    """Register the retrain's best variant and move `champion` if it earned it.
+
+    `rescore(model_uri) -> float` scores a model on this retrain's holdout with params.promote.metric.
+    """
+    client = configure(root)
+    name = registered_name(task)
+    metrics = json.loads(metrics_file(root, task).read_text())
+    record = json.loads(train_record(root, task).read_text())
+    best = metrics["best_variant"]
+    entry = next(v for v in record["variants"] if v["variant"] == best)
+    metric = params.promote.metric
+    candidate_score = float(metrics["variants"][best].get(metric, math.nan))
+
+    version = str(mlflow.register_model(entry["model_uri"], name).version)
+    current = champion_version(client, name)
+    champion_score = rescore(f"models:/{name}@{CHAMPION}") if current is not None else None
+    promoted, reason = decide(candidate_score, champion_score, params.promote.min_improvement)
+
+    dv = data_version(root)
+    tags = {
+        **dv.as_tags(), "run_id": entry["run_id"], "variant": best,
+        "dvc_lock.md5": _file_md5(root / "dvc.lock"), "params.md5": _file_md5(root / "params.yaml"),
+        "promotion.decision": "promoted" if promoted else "rejected", "promotion.reason": reason,
+        "promotion.metric": metric, "promotion.candidate_score": repr(candidate_score),
+        "promotion.champion_score": repr(champion_score), "promotion.champion_version": str(current),
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    if promoted:
+        _set_champion(client, name, version, current)
+    return Decision(version, promoted, reason, candidate_score, champion_score, current)
+
+
+def rollback(root: Path, task: str) -> tuple[str, str]:
+    """Move `champion` back to the version it pointed at before the last promotion: (from, to)."""
+    client = configure(root)
+    name = registered_name(task)
+    current = champion_version(client, name)
+    if current is None:
+        raise RegistryError(f"{name} has no champion to roll back")
+    history = [v for v in client.get_registered_model(name).tags.get(HISTORY_TAG, "").split(",") if v]
+    if not history:
+        raise RegistryError(f"{name}: champion v{current} has no earlier champion to roll back to")
+    previous = history.pop()
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
+    client.set_model_version_tag(name, current, "rollback", f"champion moved back to v{previous}")
+    return current, previous

@@ -1,0 +1,145 @@
+"""MLflow pyfunc models that take raw input, so the REST endpoint needs no client-side preprocessing.
+
+The network's state_dict, its config and the fitted transform travel as artifacts; the code
+travels as code_paths (models/ and pipelines/); dependencies are pinned. Bad input raises
+MlflowException(INVALID_PARAMETER_VALUE), which MLflow's scoring server answers with a 400 and the
+message: never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import Array
+
+from models import ModelConfig, SequenceModel
+from pipelines.features import SeriesTransform
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CODE_PATHS = [str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "pipelines")]
+PINNED = ["torch", "pytorch-lightning", "mlflow", "numpy", "pandas", "pyyaml", "pydantic"]
+
+
+def pip_requirements() -> list[str]:
+    """Exact versions of what the pyfunc imports; inference is slow and can silently drop torch's build."""
+    return [f"{name}=={version(name).split('+')[0]}" for name in PINNED]
+
+
+def _bad(message: str) -> MlflowException:
+    return MlflowException.invalid_parameter_value(message)
+
+
+def _load_network(context: Any) -> tuple[SequenceModel, dict[str, Any]]:
+    spec = json.loads(Path(context.artifacts["spec"]).read_text())
+    network = SequenceModel(ModelConfig(**spec["model"]))
+    network.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
+    network.eval()
+    return network, spec
+
+
+class ForecastModel(mlflow.pyfunc.PythonModel):
+    """Rows of {series_id?, history: [floats], <covariate>: [floats]...} -> {series_id, forecast}.
+
+    `params.horizon` (default from params.yaml serving.default_horizon) sets the forecast length.
+    """
+
+    def load_context(self, context: Any) -> None:
+        torch.set_num_threads(1)
+        self.network, spec = _load_network(context)
+        self.transform = SeriesTransform.load(Path(context.artifacts["transform"]))
+        self.limits = spec["serving"]
+
+    def _history(self, row: pd.Series, index: int) -> np.ndarray:
+        columns = ["history", *self.transform.columns[1:]]
+        series = []
+        for column in columns:
+            value = row.get(column)
+            if value is None or (np.ndim(value) == 0 and pd.isna(value)):
+                raise _bad(f"record {index}: field {column!r} is required (a list of numbers)")
+            try:
+                values = np.asarray(list(value), dtype=np.float64)
+            except (TypeError, ValueError):
+                raise _bad(f"record {index}: field {column!r} must be a list of numbers") from None
+            if not np.isfinite(values).all():
+                raise _bad(f"record {index}: field {column!r} contains NaN or infinite values")
+            series.append(values)
+        lengths = {len(s) for s in series}
+        if len(lengths) != 1:
+            raise _bad(f"record {index}: history and covariate lists must have the same length, got {sorted(lengths)}")
+        length = lengths.pop()
+        if length < self.limits["min_history"]:
+            raise _bad(f"record {index}: history has {length} values; at least {self.limits['min_history']} are needed")
+        if length > self.limits["max_history"]:
+            raise _bad(f"record {index}: history has {length} values; at most {self.limits['max_history']} are accepted")
+        return np.stack(series, axis=1)
+
+    def _horizon(self, params: dict[str, Any] | None) -> int:
+        horizon = (params or {}).get("horizon", self.limits["default_horizon"])
+        if isinstance(horizon, float) and horizon.is_integer():
+            horizon = int(horizon)
+        if not isinstance(horizon, (int, np.integer)) or isinstance(horizon, bool):
+            raise _bad(f"params.horizon must be an integer, got {horizon!r}")
+        if not 1 <= horizon <= self.limits["max_horizon"]:
+            raise _bad(f"params.horizon must be between 1 and {self.limits['max_horizon']}, got {horizon}")
+        return int(horizon)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if not isinstance(model_input, pd.DataFrame) or "history" not in model_input.columns:
+            raise _bad("each record needs a 'history' field: a list of numbers, oldest first")
+        if model_input.empty:
+            raise _bad("no records to forecast")
+        horizon = self._horizon(params)
+        results = []
+        for index, row in enumerate(model_input.to_dict("records")):
+            values = self._history(pd.Series(row), index)
+            inputs = torch.from_numpy(self.transform.to_inputs(values)).unsqueeze(0)  # [1, T, F]
+            with torch.no_grad():
+                predicted = self.network.forecast(inputs, horizon)  # [1, H, 1]
+            forecast = self.transform.to_target(predicted[0, :, 0].numpy(), float(values[-1, 0]))
+            series_id = row.get("series_id")
+            results.append({
+                "series_id": "main" if series_id is None or (isinstance(series_id, float) and math.isnan(series_id))
+                else str(series_id),
+                "forecast": [float(v) for v in forecast],
+            })
+        return pd.DataFrame(results)
+
+
+def forecast_signature(covariates: list[str], default_horizon: int) -> ModelSignature:
+    inputs = [ColSpec(DataType.string, "series_id", required=False), ColSpec(Array(DataType.double), "history")]
+    inputs += [ColSpec(Array(DataType.double), c) for c in covariates]
+    outputs = [ColSpec(DataType.string, "series_id"), ColSpec(Array(DataType.double), "forecast")]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs),
+                          params=ParamSchema([ParamSpec("horizon", DataType.long, default_horizon)]))
+
+
+def log_forecast_model(directory: Path, network: SequenceModel, model_config: dict[str, Any],
+                       transform: SeriesTransform, serving: dict[str, Any], covariates: list[str],
+                       input_example: pd.DataFrame) -> str:
+    """Log the forecast pyfunc to the active run; returns its model URI (models:/m-...)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), directory / "weights.pt")
+    (directory / "spec.json").write_text(json.dumps({"model": model_config, "serving": serving}, indent=2))
+    transform.save(directory / "transform.json")
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=ForecastModel(),
+        artifacts={"weights": str(directory / "weights.pt"), "spec": str(directory / "spec.json"),
+                   "transform": str(directory / "transform.json")},
+        code_paths=CODE_PATHS,
+        pip_requirements=pip_requirements(),
+        signature=forecast_signature(covariates, serving["default_horizon"]),
+        input_example=input_example,
+    )
+    return info.model_uri

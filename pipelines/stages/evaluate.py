@@ -1,0 +1,117 @@
+"""evaluate@<task>: score every variant of the retrain on the holdout, beside a seasonal-naive baseline.
+
+Scoring goes through the logged pyfunc, the exact object the REST server loads, so a holdout
+metric is a promise about what users will get. The same function re-scores the champion in
+promotion, on the same holdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from pipelines.config import Params, TimeSeriesTask, load_params
+from pipelines.features import seasonal_naive
+from pipelines.paths import metrics_file, prepared_dir, project_root, train_record
+from pipelines.plots import log_forecast_plot
+from pipelines.tracking import configure
+
+Forecaster = Callable[[pd.DataFrame, int], list[np.ndarray]]
+
+
+def pyfunc_forecaster(model: Any) -> Forecaster:
+    def forecast(rows: pd.DataFrame, horizon: int) -> list[np.ndarray]:
+        out = model.predict(rows, params={"horizon": horizon})
+        return [np.asarray(v, dtype=np.float64) for v in out["forecast"]]
+    return forecast
+
+
+def rolling_origins(spec: TimeSeriesTask, series: pd.DataFrame) -> list[tuple[str, pd.DataFrame, int]]:
+    """(series id, the series, first holdout index) for every series."""
+    out = []
+    for sid, group in series.groupby("series_id", sort=False):
+        group = group.reset_index(drop=True)
+        out.append((str(sid), group, int((group["split"] != "holdout").sum())))
+    return out
+
+
+def score_series(spec: TimeSeriesTask, series: pd.DataFrame, forecaster: Forecaster) -> dict[str, Any]:
+    """Rolling-origin holdout forecasts: MAE, RMSE, MASE of the model and of the seasonal-naive baseline.
+
+    MASE scales by the in-sample seasonal-naive MAE of the training segment (Hyndman & Koehler),
+    so a value below 1 beats last year's values on average.
+    """
+    horizon, stride, season = spec.evaluate.horizon, spec.evaluate.origin_stride, spec.prepare.season
+    model_err, base_err, scales, plots = [], [], [], []
+    for sid, group, first in rolling_origins(spec, series):
+        values = group[spec.target].to_numpy(dtype=np.float64)
+        train = values[: int((group["split"] == "train").sum())]
+        scales.append(np.mean(np.abs(train[season:] - train[:-season])))
+        origins = list(range(first, len(values) - horizon + 1, stride))
+        rows = pd.DataFrame({"series_id": [sid] * len(origins), "history": [values[:o].tolist() for o in origins]})
+        for column in spec.covariates:
+            rows[column] = [group[column].to_numpy(dtype=np.float64)[:o].tolist() for o in origins]
+        forecasts = forecaster(rows, horizon)
+        baselines = [seasonal_naive(values[:o], horizon, season) for o in origins]
+        for o, f, b in zip(origins, forecasts, baselines):
+            actual = values[o:o + horizon]
+            model_err.append(f - actual)
+            base_err.append(b - actual)
+        plots.append((sid, values[:first], values[first:], [(o - first, f) for o, f in zip(origins, forecasts)],
+                      [(o - first, b) for o, b in zip(origins, baselines)]))
+    model_err, base_err = np.concatenate(model_err), np.concatenate(base_err)
+    scale = float(np.mean(scales))
+    mae, base_mae = float(np.mean(np.abs(model_err))), float(np.mean(np.abs(base_err)))
+    return {
+        "metrics": {
+            "mae": mae, "rmse": float(np.sqrt(np.mean(model_err ** 2))), "mase": mae / scale,
+            "baseline_mae": base_mae, "baseline_rmse": float(np.sqrt(np.mean(base_err ** 2))),
+            "baseline_mase": base_mae / scale,
+        },
+        "plots": plots,
+    }
+
+
+def load_prepared_series(root: Path, task: str) -> pd.DataFrame:
+    return pd.read_parquet(prepared_dir(root, task) / "series.parquet")
+
+
+def evaluate_task(root: Path, task: str, params: Params) -> Path:
+    spec = params.task(task)
+    configure(root)
+    record = json.loads(train_record(root, task).read_text())
+    series = load_prepared_series(root, task)
+    results = {}
+    for entry in record["variants"]:
+        print(f"evaluate@{task}: scoring {entry['variant']} on the holdout", flush=True)
+        scored = score_series(spec, series, pyfunc_forecaster(mlflow.pyfunc.load_model(entry["model_uri"])))
+        metrics = scored["metrics"]
+        with mlflow.start_run(run_id=entry["run_id"]):
+            mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
+        sid, context, actual, forecasts, baseline = scored["plots"][0]
+        log_forecast_plot(entry["run_id"], context, actual, forecasts, baseline,
+                          f"{task}/{entry['variant']} holdout, series {sid}: MAE {metrics['mae']:.3f} "
+                          f"vs seasonal naive {metrics['baseline_mae']:.3f}")
+        results[entry["variant"]] = {**metrics, "val_loss": entry["val_loss"]}
+    best = min(results, key=lambda v: (np.nan_to_num(results[v]["val_loss"], nan=np.inf), v))
+    out = metrics_file(root, task)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"task": task, "selection": "val_loss", "best_variant": best,
+                               "variants": results}, indent=2, sort_keys=True))
+    return out
+
+
+def main(task: str) -> None:
+    root = project_root()
+    out = evaluate_task(root, task, load_params(root / "params.yaml"))
+    print(f"evaluate@{task}: wrote {out.relative_to(root)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

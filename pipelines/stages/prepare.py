@@ -1,0 +1,63 @@
+"""prepare@<task>: raw table -> gap-filled series, chronological splits, transform fitted on train.
+
+Output (prepared/<task>/): series.parquet (every row with its split), transform.json, splits.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.config import Params, TimeSeriesTask, load_params
+from pipelines.features import SeriesTransform
+from pipelines.ingest import raw_path, write_atomic
+from pipelines.paths import prepared_dir, project_root
+from pipelines.validate import ValidationError, fill_gaps
+
+
+def split_series(frame: pd.DataFrame, spec: TimeSeriesTask) -> pd.DataFrame:
+    """Label each row train / validation / holdout, the last steps of every series held out."""
+    holdout, validation = spec.prepare.holdout, spec.prepare.validation
+    need = holdout + validation + spec.serving.min_history
+    labelled = []
+    for sid, group in frame.groupby("series_id", sort=False):
+        n = len(group)
+        if n < need:
+            raise ValidationError(f"series {sid!r} has {n} steps; prepare needs at least {need} "
+                                  f"(holdout {holdout} + validation {validation} + min_history "
+                                  f"{spec.serving.min_history})")
+        split = np.array(["train"] * (n - holdout - validation) + ["validation"] * validation + ["holdout"] * holdout)
+        labelled.append(group.assign(split=split))
+    return pd.concat(labelled, ignore_index=True)
+
+
+def prepare_timeseries(root: Path, task: str, params: Params) -> Path:
+    spec = params.task(task)
+    columns = [spec.target, *spec.covariates]
+    raw = pd.read_parquet(raw_path(root, task))
+    series = split_series(fill_gaps(raw, columns, spec.gap_fill), spec)
+    train_values = [g.loc[g["split"] == "train", columns].to_numpy() for _, g in series.groupby("series_id", sort=False)]
+    transform = SeriesTransform.fit(train_values, columns, spec.prepare.difference)
+
+    out = prepared_dir(root, task)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(series, out / "series.parquet")
+    transform.save(out / "transform.json")
+    counts = series.groupby(["series_id", "split"], sort=False).size().unstack(fill_value=0)
+    (out / "splits.json").write_text(json.dumps(
+        {sid: {k: int(v) for k, v in row.items()} for sid, row in counts.iterrows()}, indent=2))
+    return out
+
+
+def main(task: str) -> None:
+    root = project_root()
+    out = prepare_timeseries(root, task, load_params(root / "params.yaml"))
+    print(f"prepare@{task}: wrote {out.relative_to(root)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

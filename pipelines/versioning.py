@@ -1,0 +1,104 @@
+"""DVC: version the raw data, push it, run pipeline stages, and say which version a run saw.
+
+A data version is the md5 that data.dvc records for data/ plus the git commit it sits on; that
+pair is what lineage needs to restore the exact bytes later (`git checkout <sha> -- data.dvc`,
+then `dvc checkout` or `dvc pull`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+DATA_DVC = "data.dvc"
+# DVC holds a repo-wide lock; two operations at once in one workspace fail. Serialise ours.
+_DVC_LOCK = threading.RLock()
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    md5: str
+    git_sha: str
+    path: str = "data"
+
+    def as_tags(self) -> dict[str, str]:
+        return {"data.md5": self.md5, "data.git_sha": self.git_sha, "data.path": self.path}
+
+
+class VersioningError(RuntimeError):
+    """A DVC operation failed; the message says which and why."""
+
+
+@contextmanager
+def _repo(root: Path) -> Iterator[Any]:
+    """An open DVC repo, entered under the module lock with the process in its root.
+
+    DVC resolves stage names and paths against the process's cwd in places its API does not
+    expose, so operations run from inside the repo; the lock keeps that chdir from racing.
+    """
+    from dvc.repo import Repo
+
+    with _DVC_LOCK, contextlib.chdir(root):
+        try:
+            repo = Repo(str(root))
+        except Exception as e:  # dvc raises NotDvcRepoError, SCMError, ... with useful text
+            raise VersioningError(f"{root} is not a usable DVC repository: {e}") from None
+        with repo:
+            yield repo
+
+
+def git_sha(root: Path) -> str:
+    """HEAD's sha, or 'unversioned' outside a git checkout (e.g. a container with core.no_scm)."""
+    result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else "unversioned"
+
+
+def track(root: Path, target: str = "data") -> DataVersion:
+    """`dvc add data`: (re)hash the data folder into data.dvc; a no-op when nothing changed."""
+    with _repo(root) as repo:
+        repo.add(str(root / target))
+    return data_version(root)
+
+
+def push(root: Path, remote: str | None = None) -> None:
+    """`dvc push` of everything tracked, to the default remote (or `remote`)."""
+    with _repo(root) as repo:
+        try:
+            repo.push(remote=remote)
+        except Exception as e:
+            raise VersioningError(f"dvc push failed: {e}") from None
+
+
+def data_version(root: Path) -> DataVersion:
+    """The version data.dvc currently records."""
+    path = root / DATA_DVC
+    if not path.is_file():
+        raise VersioningError(f"{path} does not exist: run `seqops run` or `dvc add data` first")
+    out = yaml.safe_load(path.read_text())["outs"][0]
+    return DataVersion(md5=out["md5"], git_sha=git_sha(root), path=out["path"])
+
+
+def stage_changed(root: Path, stage: str) -> bool:
+    """Whether DVC would rerun `stage` (its deps, params or outs changed)."""
+    with _repo(root) as repo:
+        return bool(repo.status([stage]))
+
+
+def reproduce(root: Path, stage: str, force: bool = False) -> bool:
+    """Run one stage of dvc.yaml (not its upstream ones); True if it ran, False if DVC skipped it."""
+    with _repo(root) as repo:
+        try:
+            ran = repo.reproduce(stage, single_item=True, force=force)
+        except Exception as e:
+            raise VersioningError(f"stage {stage} failed: {e}") from None
+    return bool(ran)

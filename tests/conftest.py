@@ -1,0 +1,73 @@
+"""Shared fixtures: one per real dependency (a git+DVC project, an MLflow store, a Prefect harness)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+torch.set_num_threads(1)
+
+# Small enough to train in seconds on 2 cores, real enough to exercise every stage on CO2.
+TINY_FORECAST = {
+    "kind": "timeseries",
+    "topology": "many_to_many",
+    "source": "builtin:co2",
+    "timestamp": "date",
+    "target": "co2",
+    "prepare": {"holdout": 52, "validation": 52, "window": 104, "stride": 52, "season": 52, "difference": True},
+    "evaluate": {"horizon": 13, "origin_stride": 26},
+    "serving": {"min_history": 53, "max_history": 5000, "default_horizon": 6, "max_horizon": 104},
+    "training": {"max_epochs": 1, "batch_size": 16},
+    "variants": [{"name": "lstm", "cell": "lstm", "hidden_size": 8, "k1": 26, "k2": 26, "lr": 0.01}],
+}
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
+
+
+def make_project(path: Path, tasks: dict) -> Path:
+    """A throwaway checkout: git repo + DVC (local remote under .seqops/) + the project's code and pipeline."""
+    path.mkdir(parents=True, exist_ok=True)
+    for item in ("pipelines", "models"):
+        shutil.copytree(REPO / item, path / item, ignore=shutil.ignore_patterns("__pycache__"))
+    for item in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / item, path / item)
+    shutil.copytree(REPO / ".dvc", path / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["tasks"] = tasks
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(path, "init", "-q", "-b", "main")
+    git(path, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "add", ".")
+    git(path, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "project")
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = make_project(tmp_path / "project", {"forecast": TINY_FORECAST})
+    monkeypatch.setenv("SEQOPS_ROOT", str(root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / '.seqops' / 'mlflow.db'}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
+    """A real, temporary Prefect API (SQLite) for the whole session."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

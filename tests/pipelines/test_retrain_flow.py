@@ -1,0 +1,127 @@
+"""The walking skeleton, end to end on real parts: a git+DVC project, a Prefect flow run, an MLflow
+store and registry, and a real `mlflow models serve` process answering HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipelines.server import ScoringServer
+from tests.conftest import TINY_FORECAST, make_project
+
+
+@pytest.fixture(scope="module")
+def trained(prefect_harness, tmp_path_factory: pytest.TempPathFactory):
+    patch = pytest.MonkeyPatch()
+    root = make_project(tmp_path_factory.mktemp("trained") / "project", {"forecast": TINY_FORECAST})
+    uri = f"sqlite:///{root / '.seqops' / 'mlflow.db'}"
+    patch.setenv("SEQOPS_ROOT", str(root))
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    from pipelines.flows import retrain
+
+    summary = retrain(tasks=["forecast"], root=str(root))
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield root, summary, MlflowClient(uri, uri)
+    patch.undo()
+
+
+def test_flow_run_completes_and_promotes_the_first_model(trained) -> None:
+    from prefect.client.orchestration import get_client
+
+    _, summary, _ = trained
+    decision = summary["forecast"]["decision"]
+    assert summary["forecast"]["trained"] is True
+    assert decision["promoted"] is True and decision["version"] == "1"
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs() if r.name and r.state_name]
+    assert any(r.state.is_completed() for r in runs)
+
+
+def test_data_is_versioned_and_pushed_to_the_dvc_remote(trained) -> None:
+    root, summary, _ = trained
+    recorded = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+    assert summary["forecast"]["data"]["md5"] == recorded
+    remote = root / ".seqops" / "dvc-remote" / "files" / "md5"
+    pushed = {p.parent.name + p.name for p in remote.rglob("*") if p.is_file()}
+    assert recorded.replace(".dir", "") + ".dir" in pushed
+
+
+def test_mlflow_run_records_params_epoch_losses_holdout_metrics_and_plots(trained) -> None:
+    _, _, client = trained
+    experiment = client.get_experiment_by_name("seqops-forecast")
+    runs = client.search_runs([experiment.experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    parents = [r for r in runs if not r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 1
+    child = children[0]
+    assert child.data.params["cell"] == "lstm"
+    assert child.data.params["k1"] == "26" and child.data.params["clip_value"] == "1.0"
+    assert len(client.get_metric_history(child.info.run_id, "train_loss")) == TINY_FORECAST["training"]["max_epochs"]
+    assert len(client.get_metric_history(child.info.run_id, "val_loss")) == TINY_FORECAST["training"]["max_epochs"]
+    for key in ("holdout_mae", "holdout_rmse", "holdout_mase", "holdout_baseline_mae", "holdout_baseline_mase"):
+        assert key in child.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
+    assert {"plots/forecast_vs_actual.png", "plots/loss_curves.png"} <= artifacts
+    assert child.data.tags["data.md5"] == parents[0].data.tags["data.md5"]
+    assert child.inputs.dataset_inputs[0].dataset.digest == child.data.tags["data.md5"][:36]
+
+
+def test_champion_loads_as_pyfunc_and_forecasts_raw_history(trained) -> None:
+    root, _, _ = trained
+    model = mlflow.pyfunc.load_model("models:/seqops-forecast@champion")
+    history = pd.read_parquet(root / "prepared" / "forecast" / "series.parquet")["co2"].tolist()[-80:]
+    out = model.predict(pd.DataFrame({"series_id": ["a"], "history": [history]}), params={"horizon": 5})
+    assert out["series_id"].tolist() == ["a"]
+    forecast = out["forecast"].iloc[0]
+    assert len(forecast) == 5
+    assert all(abs(v - history[-1]) < 10 for v in forecast)  # ppm: a forecast continues the level
+
+
+def test_unchanged_data_and_params_skip_retraining(trained) -> None:
+    root, _, _ = trained
+    from pipelines.flows import retrain
+
+    again = retrain(tasks=["forecast"], root=str(root))
+    assert again["forecast"]["trained"] is False and again["forecast"]["decision"] is None
+
+
+@pytest.fixture(scope="module")
+def server(trained, tmp_path_factory: pytest.TempPathFactory):
+    root, _, _ = trained
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    with ScoringServer("models:/seqops-forecast@champion", f"sqlite:///{root / '.seqops' / 'mlflow.db'}",
+                       log_path=log) as running:
+        yield running
+
+
+def _post(server: ScoringServer, body: dict) -> httpx.Response:
+    return httpx.post(f"{server.url}/invocations", json=body, timeout=30)
+
+
+def test_rest_forecast_from_a_raw_history(server: ScoringServer) -> None:
+    history = [330.0 + 0.05 * i for i in range(60)]
+    response = _post(server, {"dataframe_records": [{"series_id": "mlo", "history": history}], "params": {"horizon": 4}})
+    assert response.status_code == 200, response.text
+    prediction = response.json()["predictions"][0]
+    assert prediction["series_id"] == "mlo" and len(prediction["forecast"]) == 4
+
+
+@pytest.mark.parametrize("record, params, message", [
+    ({"history": []}, {}, "history has 0 values; at least 53"),
+    ({"history": [1.0] * 10}, {}, "history has 10 values; at least 53"),
+    ({"history": ["a"] * 60}, {}, "history"),
+    ({"values": [1.0] * 60}, {}, "history"),
+    ({"history": [1.0] * 60}, {"horizon": 0}, "horizon must be between 1 and 104"),
+    ({"history": [1.0] * 60}, {"horizon": 10_000}, "horizon must be between 1 and 104"),
+])
+def test_bad_forecast_requests_get_400_with_a_message(server: ScoringServer, record, params, message) -> None:
+    response = _post(server, {"dataframe_records": [record], "params": params})
+    assert response.status_code == 400, response.text
+    assert message in response.json()["message"]

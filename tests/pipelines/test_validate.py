@@ -1,0 +1,91 @@
+"""Ingest rejects bad tables with the column and first bad row named, and writes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines.config import load_params
+from pipelines.ingest import ingest, raw_path
+from pipelines.sources import SourceError
+from pipelines.validate import ValidationError, fill_gaps, validate_timeseries
+
+GOOD = pd.DataFrame({"date": pd.date_range("2020-01-04", periods=6, freq="W-SAT").astype(str),
+                     "co2": [1.0, 2.0, None, 4.0, 5.0, 6.0]})
+
+
+def _validate(frame: pd.DataFrame) -> pd.DataFrame:
+    return validate_timeseries(frame, timestamp="date", target="co2", covariates=[], series_id=None, name="f.csv")
+
+
+def test_missing_target_column_is_named() -> None:
+    with pytest.raises(ValidationError, match="missing column 'co2'"):
+        _validate(GOOD.rename(columns={"co2": "ppm"}))
+
+
+def test_non_numeric_value_names_column_and_first_bad_row() -> None:
+    bad = GOOD.astype({"co2": object})
+    bad.loc[3, "co2"] = "n/a"
+    bad.loc[5, "co2"] = "x"
+    with pytest.raises(ValidationError, match=r"column 'co2' row 4: 'n/a' is not a number"):
+        _validate(bad)
+
+
+def test_unsorted_timestamps_name_first_bad_row() -> None:
+    bad = GOOD.copy()
+    bad.loc[[2, 3], "date"] = bad.loc[[3, 2], "date"].to_numpy()
+    with pytest.raises(ValidationError, match=r"column 'date' row 4: timestamps are not sorted"):
+        _validate(bad)
+
+
+def test_duplicate_timestamps_name_first_bad_row() -> None:
+    bad = GOOD.copy()
+    bad.loc[2, "date"] = bad.loc[1, "date"]
+    with pytest.raises(ValidationError, match=r"column 'date' row 3: duplicate timestamp"):
+        _validate(bad)
+
+
+def test_unparseable_timestamp_is_named() -> None:
+    bad = GOOD.copy()
+    bad.loc[1, "date"] = "not a date"
+    with pytest.raises(ValidationError, match=r"column 'date' row 2: 'not a date' is not a timestamp"):
+        _validate(bad)
+
+
+def test_gaps_are_kept_as_nan_and_filled_by_interpolation() -> None:
+    clean = _validate(GOOD.drop(index=4))
+    assert clean["co2"].isna().sum() == 1
+    filled = fill_gaps(clean, ["co2"], "interpolate")
+    assert len(filled) == 6  # the dropped week is back on the grid
+    assert filled["co2"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda f: f.rename(columns={"co2": "ppm"}),
+    lambda f: f.assign(co2=["1", "2", "three", "4", "5", "6"]),
+    lambda f: f.iloc[::-1],
+])
+def test_rejected_file_leaves_existing_raw_data_untouched(project: Path, tmp_path: Path, mutate) -> None:
+    params = load_params(project / "params.yaml")
+    target = raw_path(project, "forecast")
+    ingest("forecast", params, project)
+    before = target.read_bytes()
+    bad = tmp_path / "bad.csv"
+    mutate(GOOD).to_csv(bad, index=False)
+    with pytest.raises(ValidationError):
+        ingest("forecast", params, project, source_file=bad)
+    assert target.read_bytes() == before
+    assert [p.name for p in target.parent.iterdir()] == ["raw.parquet"]
+
+
+def test_unreadable_file_is_a_clear_error(project: Path, tmp_path: Path) -> None:
+    params = load_params(project / "params.yaml")
+    with pytest.raises(SourceError, match="no such file"):
+        ingest("forecast", params, project, source_file=tmp_path / "missing.csv")
+    bad = tmp_path / "data.xlsx"
+    bad.write_text("x")
+    with pytest.raises(SourceError, match="unsupported format"):
+        ingest("forecast", params, project, source_file=bad)
+    assert not raw_path(project, "forecast").exists()
