@@ -1,0 +1,133 @@
+"""Text tables: bad input is an error naming the column and rows; empty and repeated rows are dropped
+and counted; the built-in tweets read offline and write the same bytes every time."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.ingest import write_atomic
+from pipelines.sources import read_source, read_table
+from pipelines.validate import ValidationError, validate_text
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def _validate(frame: pd.DataFrame, duplicates: str = "drop") -> tuple[pd.DataFrame, dict[str, int]]:
+    return validate_text(frame, text="text", label="label", labels=LABELS, duplicates=duplicates, name="t.csv")
+
+
+def _frame(texts: list, labels: list) -> pd.DataFrame:
+    return pd.DataFrame({"text": pd.Series(texts, dtype=object), "label": pd.Series(labels, dtype=object)})
+
+
+@pytest.mark.parametrize("column", ["text", "label"])
+def test_missing_text_or_label_column_is_named(column: str) -> None:
+    frame = _frame(["good"], ["positive"]).rename(columns={column: "other"})
+    with pytest.raises(ValidationError, match=f"missing column '{column}'"):
+        _validate(frame)
+
+
+def test_unknown_labels_name_their_rows_and_values() -> None:
+    frame = _frame(["a", "b", "c", "d"], ["positive", "happy", "neutral", None])
+    with pytest.raises(ValidationError, match=r"column 'label' rows 2 \('happy'\), 4 \(None\): not one of "
+                                              r"the declared labels"):
+        _validate(frame)
+
+
+def test_only_the_first_few_bad_rows_are_listed() -> None:
+    frame = _frame([f"t{i}" for i in range(9)], ["meh"] * 9)
+    with pytest.raises(ValidationError, match=r"rows 1 \('meh'\), 2 .*, 5 \('meh'\) and 4 more"):
+        _validate(frame)
+
+
+def test_undecodable_bytes_name_their_rows() -> None:
+    frame = _frame(["fine", "caf\xe9".encode("latin-1"), b"ok bytes"], ["neutral"] * 3)
+    with pytest.raises(ValidationError, match=r"column 'text' row 2 \(b'caf\\xe9'\): not valid UTF-8"):
+        _validate(frame)
+
+
+def test_lone_surrogates_are_undecodable() -> None:
+    frame = _frame(["fine", "bad \udce9"], ["neutral"] * 2)
+    with pytest.raises(ValidationError, match=r"column 'text' row 2 .*not valid UTF-8"):
+        _validate(frame)
+
+
+def test_valid_utf8_bytes_are_decoded() -> None:
+    clean, _ = _validate(_frame(["caf\xe9".encode("utf-8")], ["neutral"]))
+    assert clean["text"].tolist() == ["caf\xe9"]
+
+
+def test_numbers_in_text_name_their_rows() -> None:
+    frame = _frame(["fine", 42, 3.5], ["neutral"] * 3)
+    with pytest.raises(ValidationError, match=r"column 'text' rows 2 \(42\), 3 \(3.5\): not text"):
+        _validate(frame)
+
+
+def test_empty_whitespace_and_missing_text_are_dropped_and_counted() -> None:
+    frame = _frame(["keep me", "", "  \t\n", np.nan, None, "me too"], ["positive"] * 5 + ["negative"])
+    clean, counts = _validate(frame)
+    assert clean["text"].tolist() == ["keep me", "me too"]
+    assert counts["dropped_empty"] == 4
+
+
+def test_duplicates_drop_keeps_the_first_after_whitespace_normalisation() -> None:
+    frame = _frame(["good  day", "other", "good day ", "Good day"], ["positive", "neutral", "positive", "positive"])
+    clean, counts = _validate(frame, duplicates="drop")
+    assert clean["text"].tolist() == ["good  day", "other", "Good day"]
+    assert counts == {"dropped_empty": 0, "dropped_duplicates": 1, "dropped_conflicting": 0}
+
+
+def test_duplicates_keep_leaves_every_row() -> None:
+    frame = _frame(["same", "same", "same"], ["positive", "positive", "negative"])
+    clean, counts = _validate(frame, duplicates="keep")
+    assert clean["label"].tolist() == ["positive", "positive", "negative"]
+    assert counts == {"dropped_empty": 0, "dropped_duplicates": 0, "dropped_conflicting": 0}
+
+
+def test_text_with_conflicting_labels_is_dropped_entirely() -> None:
+    frame = _frame(["meh", "love it", "meh ", "meh", "hate it"], ["neutral", "positive", "negative", "neutral",
+                                                                   "negative"])
+    clean, counts = _validate(frame, duplicates="drop")
+    assert clean["text"].tolist() == ["love it", "hate it"]
+    assert counts["dropped_conflicting"] == 3
+
+
+def test_output_is_text_and_label_in_input_order_with_a_fresh_index() -> None:
+    frame = _frame(["b", "", "a"], ["neutral", "neutral", "positive"]).assign(extra=1)
+    frame.index = [10, 20, 30]
+    clean, _ = _validate(frame)
+    assert list(clean.columns) == ["text", "label"]
+    assert clean.index.tolist() == [0, 1]
+    assert clean["text"].tolist() == ["b", "a"]
+
+
+def test_unknown_duplicates_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown duplicates policy 'dedupe'"):
+        _validate(_frame(["a"], ["neutral"]), duplicates="dedupe")
+
+
+def test_latin1_csv_is_read_after_utf8_fails(tmp_path: Path) -> None:
+    path = tmp_path / "tweets.csv"
+    path.write_bytes("text,label\ncaf\xe9 au lait,positive\n".encode("latin-1"))
+    assert read_table(path)["text"].tolist() == ["caf\xe9 au lait"]
+
+
+def test_builtin_tweets_read_offline_with_three_labels() -> None:
+    tweets = read_source("builtin:tweets", Path("."))
+    assert list(tweets.columns) == ["text", "label"]
+    assert set(tweets["label"]) == set(LABELS)
+    assert len(tweets) == 38158
+
+
+def test_builtin_tweets_write_the_same_bytes_twice(tmp_path: Path) -> None:
+    digests = []
+    for attempt in ("first", "second"):
+        path = tmp_path / attempt / "raw.parquet"
+        write_atomic(read_source("builtin:tweets", Path(".")), path)
+        digests.append(hashlib.md5(path.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
