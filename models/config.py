@@ -7,8 +7,9 @@ what is allowed, rather than deep inside a forward pass.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from models.heads import HEADS, check_head
 from models.recurrent import CELLS
@@ -125,24 +126,29 @@ class ModelConfig:
             )
         if self.vocab_size is not None:
             if self.topology not in TOKEN_INPUTS:
-                raise ValueError(f"ModelConfig.vocab_size (token inputs) needs a topology in {TOKEN_INPUTS}, got {self.topology!r}")
-            if self.embedding_dim is None:
-                raise ValueError("ModelConfig.vocab_size is set: set embedding_dim too (the width of each token vector)")
-        if self.topology == "encoder_decoder":
-            if self.head != "regression" or self.output_size != 1:
                 raise ValueError(
-                    "ModelConfig topology='encoder_decoder' feeds the previous target value back into the decoder: "
-                    f"it needs head='regression' and output_size=1, got head={self.head!r}, output_size={self.output_size}"
+                    f"ModelConfig.vocab_size (token inputs) needs a topology in {TOKEN_INPUTS}, got {self.topology!r}"
                 )
+            if self.embedding_dim is None:
+                raise ValueError(
+                    "ModelConfig.vocab_size is set: set embedding_dim too (the width of each token vector)"
+                )
+        if self.topology == "encoder_decoder" and (self.head != "regression" or self.output_size != 1):
+            raise ValueError(
+                "ModelConfig topology='encoder_decoder' feeds the previous target value back into the decoder: it "
+                f"needs head='regression' and output_size=1, got head={self.head!r}, output_size={self.output_size}"
+            )
         if not 0 <= self.target_index < self.input_size:
-            raise ValueError(f"ModelConfig.target_index={self.target_index} must index one of input_size={self.input_size} features")
+            raise ValueError(
+                f"ModelConfig.target_index={self.target_index} must index one of input_size={self.input_size} features"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only: safe for Lightning hparams, YAML and MLflow params."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
         """Build from a mapping, refusing unknown keys (a typo would otherwise be silently ignored)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -88,7 +89,9 @@ def lag_profile(
     window run in one fused call under no_grad. Bidirectional cores have no causal lag and are refused.
     """
     if core.bidirectional:
-        raise ValueError("lag_profile needs a unidirectional core: a bidirectional state at step t depends on later steps")
+        raise ValueError(
+            "lag_profile needs a unidirectional core: a bidirectional state at step t depends on later steps"
+        )
     batch, T = x.shape[:2]
     positions = torch.full((batch,), T - 1, dtype=torch.long) if positions is None else positions.to("cpu", torch.long)
     p_min, p_max = int(positions.min()), int(positions.max())
@@ -104,7 +107,7 @@ def lag_profile(
     rows = torch.arange(batch)
     index = (positions - start).to(x.device)  # [B]
     picked = [
-        torch.stack(parts)[index, :, rows.to(x.device)].transpose(0, 1)  # [L, B, H]
+        torch.stack(parts)[index, :, rows.to(x.device)].transpose(0, 1).contiguous()  # [L, B, H]; cuDNN wants it dense
         for parts in zip(*(_state_parts(s) for s in states))
     ]
     loss = loss_fn(tuple(picked) if len(picked) > 1 else picked[0])
@@ -130,8 +133,8 @@ def lag_profile(
 
 def default_lags(max_lag: int) -> list[int]:
     """0, 1, 2, 4, 8, ... and max_lag itself: enough points for a log-scale curve without a metric per step."""
-    lags = [0] + [2**i for i in range(int(math.log2(max_lag)) + 1)] if max_lag >= 1 else [0]
-    return sorted(set(lags + [max_lag]))
+    powers = [2**i for i in range(int(math.log2(max_lag)) + 1)] if max_lag >= 1 else []
+    return sorted({0, *powers, max_lag})
 
 
 class GradientHealth(pl.Callback):
@@ -180,6 +183,14 @@ class GradientHealth(pl.Callback):
         """Fraction of all updates so far whose gradient the clipping changed."""
         return self.clipped / self.updates if self.updates else 0.0
 
+    def state_dict(self) -> dict[str, int]:
+        """Checkpointed counters, so clipped_fraction continues across a resume (history stays in memory)."""
+        return {"updates": self.updates, "clipped": self.clipped}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Restore the counters saved by ``state_dict`` (Lightning calls it when resuming)."""
+        self.updates, self.clipped = state_dict["updates"], state_dict["clipped"]
+
     def _emit(self, trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
@@ -193,7 +204,11 @@ class GradientHealth(pl.Callback):
     def _explode(self, trainer: pl.Trainer, what: str) -> None:
         bad = []
         if isinstance(self._batch, dict):
-            bad = [k for k, v in self._batch.items() if isinstance(v, Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+            bad = [
+                k
+                for k, v in self._batch.items()
+                if isinstance(v, Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+            ]
         seen = f" The batch has NaN/inf in {bad} (harmless only if those positions are masked)." if bad else ""
         raise GradientExplosionError(
             f"{what} at optimizer step {trainer.global_step} (epoch {trainer.current_epoch}, "
@@ -203,7 +218,9 @@ class GradientHealth(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log_spectral(trainer, pl_module)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._batch = batch
         self._batch_records = []
 
@@ -214,7 +231,9 @@ class GradientHealth(pl.Callback):
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         norm = grad_norm(pl_module.parameters())
         if not math.isfinite(norm):
-            names = [n for n, p in pl_module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            names = [
+                n for n, p in pl_module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+            ]
             self._explode(trainer, f"Non-finite gradient (norm {norm}) in {names[:5]}")
         self._pre_clip = norm
 
@@ -224,12 +243,20 @@ class GradientHealth(pl.Callback):
         clipped = post < pre * (1.0 - 1e-6)
         self.updates += 1
         self.clipped += int(clipped)
-        record = {"kind": "update", "step": trainer.global_step, "grad_norm": pre, "grad_norm_clipped": post, "clipped": clipped}
+        record = {
+            "kind": "update",
+            "step": trainer.global_step,
+            "grad_norm": pre,
+            "grad_norm_clipped": post,
+            "clipped": clipped,
+        }
         self.history.append(record)
         self._batch_records.append(record)
         self._pre_clip = None
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if self._batch_records:
             pre = [r["grad_norm"] for r in self._batch_records]
@@ -249,13 +276,19 @@ class GradientHealth(pl.Callback):
     def _probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, step: int) -> None:
         probe = getattr(pl_module, "gradient_lag_profile", None)
         if probe is None:
-            self._warn_once("no-probe", f"{type(pl_module).__name__} has no gradient_lag_profile(batch, max_lag); grad_h_lag/* is not logged")
+            self._warn_once(
+                "no-probe",
+                f"{type(pl_module).__name__} has no gradient_lag_profile(batch, max_lag); grad_h_lag/* is not logged",
+            )
             return
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             profile = probe(batch, self.max_lag)
         if profile is None:
-            self._warn_once("no-lag", f"{type(pl_module).__name__} has no causal lag profile (bidirectional core); grad_h_lag/* is not logged")
+            self._warn_once(
+                "no-lag",
+                f"{type(pl_module).__name__} has no causal lag profile (bidirectional core): grad_h_lag/* not logged",
+            )
             return
         curve = [float(v) for v in profile]
         self.history.append({"kind": "lag", "step": step, "lag_profile": curve})

@@ -46,7 +46,8 @@ def per_step_loss(head: str, pred: Tensor, y: Tensor) -> Tensor:
 
 
 def activate(head: str, pred: Tensor) -> Tensor:
-    """Raw outputs [..., O] to predictions: values (regression), P(y=1) [..., 1] (binary), class probabilities (multiclass)."""
+    """Raw outputs [..., O] to predictions: values (regression), P(y=1) [..., 1] (binary), class probabilities
+    (multiclass)."""
     if head == "regression":
         return pred  # [..., O]
     if head == "binary":

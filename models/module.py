@@ -15,8 +15,9 @@ Batch format (dicts of tensors; a contract with the data modules):
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -115,7 +116,10 @@ class SequenceModel(pl.LightningModule):
         if cfg.topology not in ("many_to_many", "encoder_decoder"):
             raise ValueError(f"forecast needs topology many_to_many or encoder_decoder, this model is {cfg.topology!r}")
         if cfg.head != "regression" or cfg.output_size != 1 or cfg.vocab_size is not None:
-            raise ValueError("forecast feeds predictions back as an input feature: it needs head='regression', output_size=1 and float inputs")
+            raise ValueError(
+                "forecast feeds predictions back as an input feature: "
+                "it needs head='regression', output_size=1 and float inputs"
+            )
         if history.dim() != 3 or history.shape[-1] != cfg.input_size:
             raise ValueError(f"history must have shape [B, T, {cfg.input_size}], got {tuple(history.shape)}")
         if horizon < 1:
@@ -140,7 +144,9 @@ class SequenceModel(pl.LightningModule):
         """Class probabilities [B, C] of a many_to_one classifier (binary: C = 2, columns P(0), P(1))."""
         cfg = self.config
         if cfg.topology != "many_to_one" or cfg.head == "regression":
-            raise ValueError(f"predict_proba needs a many_to_one binary/multiclass model, this is {cfg.topology}/{cfg.head}")
+            raise ValueError(
+                f"predict_proba needs a many_to_one binary/multiclass model, this is {cfg.topology}/{cfg.head}"
+            )
         with self._inference():
             probs = self.predict_step({"x": x.to(self.device), "lengths": lengths})  # [B, 1] or [B, C]
             if cfg.head == "binary":
@@ -174,6 +180,7 @@ class SequenceModel(pl.LightningModule):
     # ---- training ---------------------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
+        """Adam, plus an epoch-wise scheduler; Lightning checkpoints both, so a resume restores them."""
         cfg = self.config
         optimizer = torch.optim.Adam(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.scheduler is None:
@@ -201,7 +208,13 @@ class SequenceModel(pl.LightningModule):
                 return masked_sum(loss, None if mask is None else mask[:, start:end])
 
             result = truncated_bptt(
-                self.net, x, chunk_loss, lambda loss: self._update(opt, loss), cfg.k1, cfg.k2, self._start_state("train", batch)
+                self.net,
+                x,
+                chunk_loss,
+                lambda loss: self._update(opt, loss),
+                cfg.k1,
+                cfg.k2,
+                self._start_state("train", batch),
             )
             self.carried_state["train"] = result.state
             loss = result.loss
@@ -227,12 +240,14 @@ class SequenceModel(pl.LightningModule):
         opt.step()
 
     def on_train_epoch_end(self) -> None:
+        """Manual optimization: Lightning leaves scheduler stepping to us; once per epoch."""
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        """Scored at inference settings: encoder_decoder decodes autoregressively; many_to_many carries its own state."""
+        """Scored at inference settings: encoder_decoder decodes autoregressively; many_to_many carries its
+        own validation state (separate from training's)."""
         cfg = self.config
         x = _require(batch, "x", cfg.topology)
         _require(batch, "y", cfg.topology)
@@ -278,15 +293,18 @@ class SequenceModel(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Carry the stateful bookkeeping: a run resumed mid-sequence continues from the same state."""
         checkpoint["carried_state"] = {
-            phase: None if s is None else map_state(s, lambda t: t.detach().cpu()) for phase, s in self.carried_state.items()
+            phase: None if s is None else map_state(s, lambda t: t.detach().cpu())
+            for phase, s in self.carried_state.items()
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the carried states (moved to the right device when next used)."""
         self.carried_state = {"train": None, "val": None, **checkpoint.get("carried_state", {})}
 
     def gradient_lag_profile(self, batch: Mapping[str, Any], max_lag: int | None = None) -> Tensor | None:
         """||dL/dh_t|| by lag from the loss, on one batch (see diagnostics.lag_profile); None for a
-        bidirectional core, whose states have no causal lag. Default max_lag: k2, else the sequence length - 1."""
+        bidirectional core, whose states have no causal lag. Default max_lag: k2, else the sequence length - 1.
+        On a GPU call it in training mode (as GradientHealth does): cuDNN's RNN backward refuses eval mode."""
         cfg = self.config
         if cfg.bidirectional:
             return None

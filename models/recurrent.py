@@ -8,13 +8,13 @@ truncated BPTT carry and detach it between chunks and across batches.
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-State = Union[Tensor, tuple[Tensor, Tensor]]
+State = Tensor | tuple[Tensor, Tensor]
 """``h`` ([L*D, B, H]) for rnn and gru; ``(h, c)`` for lstm."""
 
 CELLS = ("rnn", "lstm", "gru")
@@ -97,17 +97,13 @@ class RecurrentCore(nn.Module):
         """Width of each output step: hidden_size times the number of directions."""
         return self.hidden_size * self.num_directions
 
-    def forward(
-        self, x: Tensor | PackedSequence, state: State | None = None
-    ) -> tuple[Tensor | PackedSequence, State]:
+    def forward(self, x: Tensor | PackedSequence, state: State | None = None) -> tuple[Tensor | PackedSequence, State]:
         """Run the sequence from ``state`` (zeros when None) and return every step's output and the final state.
 
         ``x`` is [B, T, F] or a PackedSequence (variable lengths, many_to_one).
         """
         if isinstance(x, Tensor) and (x.dim() != 3 or x.shape[-1] != self.input_size):
-            raise ValueError(
-                f"RecurrentCore expects input of shape [B, T, {self.input_size}], got {tuple(x.shape)}"
-            )
+            raise ValueError(f"RecurrentCore expects input of shape [B, T, {self.input_size}], got {tuple(x.shape)}")
         out, state = self.rnn(x, state)  # out: [B, T, D*H]; state: [L*D, B, H] (lstm: a pair)
         return out, state
 

@@ -10,8 +10,8 @@ k1 = k2 = T (both None) is full BPTT: one update per batch.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -22,7 +22,7 @@ StepFn = Callable[[Tensor, "State | None"], "tuple[Tensor, State]"]
 """Runs a chunk [B, t, ...] from a state; returns predictions [B, t, O] and the state after it."""
 
 ChunkLossFn = Callable[[Tensor, int, int], "tuple[Tensor, Tensor]"]
-"""(predictions for steps [start, end), start, end) -> (sum of per-step losses over valid steps, number of valid steps)."""
+"""(predictions for steps [start, end), start, end) -> (sum of per-step losses over the valid steps, their number)."""
 
 UpdateFn = Callable[[Tensor], None]
 """Backward + clip + optimizer step on one update's loss (the mean over its valid steps)."""

@@ -155,7 +155,7 @@ class OneToMany(nn.Module):
         if self.condition == "state":
             steps = v.new_zeros(batch, horizon, 1)  # [B, T, 1]
         else:
-            steps = v[:, None, :].expand(batch, horizon, self.input_size)  # [B, T, F]
+            steps = v[:, None, :].expand(batch, horizon, self.input_size).contiguous()  # [B, T, F]
         if self.condition == "input":
             return steps, None
         core = self.core
@@ -184,7 +184,9 @@ class EncoderDecoder(nn.Module):
     causal: ClassVar[bool] = True
     accepts_tokens: ClassVar[bool] = False
 
-    def __init__(self, encoder: RecurrentCore, decoder: RecurrentCore, output_size: int = 1, target_index: int = 0) -> None:
+    def __init__(
+        self, encoder: RecurrentCore, decoder: RecurrentCore, output_size: int = 1, target_index: int = 0
+    ) -> None:
         super().__init__()
         reject_bidirectional("encoder_decoder", encoder.bidirectional or decoder.bidirectional)
         if output_size != 1:
@@ -192,8 +194,10 @@ class EncoderDecoder(nn.Module):
                 f"encoder_decoder feeds the previous target value back as the decoder input, so it predicts "
                 f"one target: output_size must be 1, got {output_size}"
             )
-        if (encoder.cell, encoder.hidden_size, encoder.num_layers) != (decoder.cell, decoder.hidden_size, decoder.num_layers):
-            raise ValueError("encoder and decoder must share cell, hidden_size and num_layers: the encoder state starts the decoder")
+        if any(getattr(encoder, a) != getattr(decoder, a) for a in ("cell", "hidden_size", "num_layers")):
+            raise ValueError(
+                "encoder and decoder must share cell, hidden_size and num_layers: the encoder state starts the decoder"
+            )
         if decoder.input_size != output_size:
             raise ValueError(f"the decoder reads the previous target: its input_size must be {output_size}")
         if not 0 <= target_index < encoder.input_size:
@@ -210,7 +214,9 @@ class EncoderDecoder(nn.Module):
     def forward(self, x: Tensor, horizon: int, target: Tensor | None = None, teacher_forcing: float = 0.0) -> Tensor:
         """``x`` [B, T, F] history -> [B, horizon, 1]; ``target`` [B, horizon, 1] enables teacher forcing."""
         if x.dim() != 3 or x.shape[-1] != self.encoder.input_size:
-            raise ValueError(f"encoder_decoder expects x of shape [B, T, {self.encoder.input_size}], got {tuple(x.shape)}")
+            raise ValueError(
+                f"encoder_decoder expects x of shape [B, T, {self.encoder.input_size}], got {tuple(x.shape)}"
+            )
         _, state = self.encoder(x)  # [L, B, H]
         return self.decode(state, self.first_input(x), horizon, target, teacher_forcing)  # [B, horizon, 1]
 
