@@ -37,14 +37,19 @@ def _known_errors() -> tuple[type[Exception], ...]:
     return ConfigError, RegistryError, ServerError, SourceError, ValidationError, VersioningError
 
 
+EXAMPLE_TEXTS = ["What a great flight, the crew was lovely!", "My bag is lost and nobody answers the phone."]
+
+
 def example_request(task: str, root: Path) -> dict:
-    """A request built from the task's own prepared data: the last EXAMPLE_HISTORY_STEPS values."""
+    """A request for the task: two sentences, or the last EXAMPLE_HISTORY_STEPS values of its own series."""
     import pandas as pd
 
-    from pipelines.config import load_params
+    from pipelines.config import TextTask, load_params
     from pipelines.paths import prepared_dir
 
     spec = load_params(root / "params.yaml").task(task)
+    if isinstance(spec, TextTask):
+        return {"dataframe_records": [{"text": text} for text in EXAMPLE_TEXTS]}
     series = pd.read_parquet(prepared_dir(root, task) / "series.parquet")
     first = series[series["series_id"] == series["series_id"].iloc[0]]
     record = {"series_id": str(first["series_id"].iloc[0]),

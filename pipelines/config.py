@@ -38,7 +38,9 @@ class Variant(_Strict):
     bidirectional: bool = False
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     topology: Literal["many_to_many", "many_to_one", "one_to_many", "encoder_decoder"] | None = None
-    k1: PositiveInt = 32
+    # TBPTT(k1, k2) for many_to_many: update every k1 steps, backpropagate through the last k2
+    # (k2 default: k1). None: one update per window (full BPTT). Other topologies ignore them.
+    k1: PositiveInt | None = None
     k2: PositiveInt | None = None
     clip: Annotated[float, Field(gt=0.0)] | None = None
     lr: Annotated[float, Field(gt=0.0)] = 1e-3
@@ -47,7 +49,9 @@ class Variant(_Strict):
 
     @model_validator(mode="after")
     def _k2_covers_k1(self) -> "Variant":
-        if self.k2 is not None and self.k2 < self.k1:
+        if self.k2 is not None and self.k1 is None:
+            raise ValueError("k2 needs k1: set k1 (steps between updates) <= k2")
+        if self.k2 is not None and self.k1 is not None and self.k2 < self.k1:
             raise ValueError(f"k2 ({self.k2}) must be >= k1 ({self.k1}): each update backpropagates "
                              "through at least the k1 new steps")
         return self
@@ -165,9 +169,22 @@ class Clipping(_Strict):
     max_norm: Annotated[float, Field(gt=0.0)] = 1.0
 
 
+class Metric(_Strict):
+    name: str
+    goal: Literal["minimize", "maximize"]
+
+
 class Promote(_Strict):
-    metric: str = "mae"
+    metrics: dict[Literal["timeseries", "text"], Metric] = {
+        "timeseries": Metric(name="mae", goal="minimize"),
+        "text": Metric(name="macro_f1", goal="maximize"),
+    }
     min_improvement: Annotated[float, Field(ge=0.0)] = 0.0
+
+    def metric_for(self, kind: str) -> Metric:
+        if kind not in self.metrics:
+            raise ConfigError(f"promote.metrics has no entry for task kind {kind!r}")
+        return self.metrics[kind]
 
 
 class Serving(_Strict):

@@ -5,6 +5,8 @@ every series' train+validation sequence with the loss masked to the validation s
 network warms its state on the past exactly as it will at serving time.
 Series, encoder_decoder: (context window, following horizon) pairs; validation pairs are those
 whose horizon starts inside the validation segment.
+Text, many_to_one: token ids right-padded to the batch's longest text, with lengths, so the model
+packs them and reads each text's last real step.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipelines.features import SeriesTransform, horizon_windows, training_windows
+from pipelines.features import SeriesTransform, Vocabulary, horizon_windows, training_windows
 
 
 class _Dicts(Dataset):
@@ -97,3 +99,36 @@ class SeriesDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)
+
+
+class TextDataModule(pl.LightningDataModule):
+    def __init__(self, prepared: Path, labels: list[str], max_length: int, batch_size: int) -> None:
+        super().__init__()
+        self.prepared, self.labels = prepared, labels
+        self.max_length, self.batch_size = max_length, batch_size
+
+    def setup(self, stage: str | None = None) -> None:
+        self.vocabulary = Vocabulary.load(self.prepared / "vocabulary.json")
+        texts = pd.read_parquet(self.prepared / "texts.parquet")
+        index = {label: i for i, label in enumerate(self.labels)}
+        self.sets = {}
+        for split in ("train", "validation"):
+            part = texts[texts["split"] == split]
+            ids, lengths = self.vocabulary.encode_batch(part["text"].tolist(), self.max_length)
+            self.sets[split] = _Dicts(x=ids, lengths=lengths, y=part["label"].map(index).to_numpy(np.int64))
+
+    @staticmethod
+    def _trim(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Stack a batch and cut its padding to the longest text in it: packing then skips less."""
+        stacked = {k: torch.stack([item[k] for item in batch]) for k in batch[0]}
+        longest = int(stacked["lengths"].max())
+        stacked["x"] = stacked["x"][:, :longest]
+        return stacked
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(0)
+        return DataLoader(self.sets["train"], batch_size=self.batch_size, shuffle=True, generator=generator,
+                          collate_fn=self._trim)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.sets["validation"], batch_size=self.batch_size * 2, collate_fn=self._trim)

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, task
 from pipelines import ingest, registry, versioning
 from pipelines.config import load_params
 from pipelines.paths import project_root
-from pipelines.stages.evaluate import load_prepared_series, pyfunc_forecaster, score_series
+from pipelines.stages.evaluate import load_prepared, score_model
 
 STAGES = ("prepare", "train", "evaluate")
 
@@ -61,13 +61,11 @@ def promote(root: str, task_name: str) -> dict[str, Any]:
     path = Path(root)
     params = load_params(path / "params.yaml")
     spec = params.task(task_name)
-    series = load_prepared_series(path, task_name)
+    prepared = load_prepared(path, task_name, spec)
+    metric = params.promote.metric_for(spec.kind).name
 
     def rescore(model_uri: str) -> float:
-        import mlflow
-
-        scored = score_series(spec, series, pyfunc_forecaster(mlflow.pyfunc.load_model(model_uri)))
-        return float(scored["metrics"][params.promote.metric])
+        return float(score_model(spec, prepared, model_uri)["metrics"][metric])
 
     decision = registry.promote(path, task_name, params, rescore)
     get_run_logger().info("%s v%s: %s (%s)", task_name, decision.version,

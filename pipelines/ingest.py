@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.config import Params, TimeSeriesTask
+from pipelines.config import Params, TextTask, TimeSeriesTask
 from pipelines.sources import read_source, read_table
-from pipelines.validate import validate_timeseries
+from pipelines.validate import validate_text, validate_timeseries
 
 DATA_DIR = "data"
 RAW_FILE = "raw.parquet"
@@ -38,9 +38,13 @@ def write_atomic(frame: pd.DataFrame, path: Path) -> None:
             os.unlink(tmp)
 
 
-def validate_for_task(frame: pd.DataFrame, spec: TimeSeriesTask, name: str) -> pd.DataFrame:
+def validate_for_task(frame: pd.DataFrame, spec: TimeSeriesTask | TextTask, name: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The task kind's validation; returns the clean table and counts of rows dropped by documented rules."""
+    if isinstance(spec, TextTask):
+        return validate_text(frame, text=spec.text, label=spec.label, labels=list(spec.labels),
+                             duplicates=spec.duplicates, name=name)
     return validate_timeseries(frame, timestamp=spec.timestamp, target=spec.target,
-                               covariates=list(spec.covariates), series_id=spec.series_id, name=name)
+                               covariates=list(spec.covariates), series_id=spec.series_id, name=name), {}
 
 
 def ingest(task: str, params: Params, root: Path, source_file: Path | None = None) -> Path:
@@ -53,7 +57,10 @@ def ingest(task: str, params: Params, root: Path, source_file: Path | None = Non
         frame, name = read_table(source_file), str(source_file)
     else:
         frame, name = read_source(spec.source, root), spec.source
-    clean = validate_for_task(frame, spec, name)
+    clean, dropped = validate_for_task(frame, spec, name)
+    for reason, count in dropped.items():
+        if count:
+            print(f"ingest {task}: {reason.replace('_', ' ')}: {count} rows", flush=True)
     path = raw_path(root, task)
     write_atomic(clean, path)
     return path

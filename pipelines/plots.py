@@ -1,4 +1,4 @@
-"""Plots logged as MLflow artifacts: loss curves, forecast vs actual.
+"""Plots logged as MLflow artifacts: loss curves, forecast vs actual, confusion matrix.
 
 matplotlib's Agg backend: stages run headless, in DVC subprocesses and Prefect workers.
 """
@@ -56,3 +56,21 @@ def log_forecast_plot(run_id: str, context: np.ndarray, actual: np.ndarray, fore
     axis.set_title(title)
     axis.legend()
     _log_figure(figure, "plots/forecast_vs_actual.png", run_id)
+
+
+def log_confusion_matrix(run_id: str, matrix: list[list[int]], labels: list[str], title: str) -> None:
+    """Counts with true labels as rows, predictions as columns, each cell annotated."""
+    counts = np.asarray(matrix)
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    image = axis.imshow(counts, cmap="Blues")
+    axis.set_xticks(range(len(labels)), labels)
+    axis.set_yticks(range(len(labels)), labels)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            axis.text(j, i, str(counts[i, j]), ha="center", va="center",
+                      color="white" if counts[i, j] > counts.max() / 2 else "black")
+    figure.colorbar(image, ax=axis)
+    axis.set_title(title, fontsize=9)
+    _log_figure(figure, "plots/confusion_matrix.png", run_id)

@@ -51,20 +51,27 @@ def champion_version(client: MlflowClient, name: str) -> str | None:
         return None
 
 
-def decide(candidate: float, champion: float | None, min_improvement: float) -> tuple[bool, str]:
-    """Lower is better. A NaN candidate never wins; a missing or NaN champion always loses."""
+def decide(candidate: float, champion: float | None, min_improvement: float,
+           goal: str = "minimize") -> tuple[bool, str]:
+    """Whether the candidate earned `champion`: better by a relative margin in the metric's direction.
+
+    A NaN or infinite candidate never wins; a missing or NaN champion always loses.
+    """
     if math.isnan(candidate) or math.isinf(candidate):
         return False, f"candidate score is {candidate}: a failed or diverged model is never promoted"
     if champion is None:
         return True, "no champion yet: the first candidate becomes champion"
     if math.isnan(champion):
         return True, "the champion's score on this holdout is NaN"
-    threshold = champion * (1.0 - min_improvement)
-    if candidate < threshold:
-        return True, (f"candidate {candidate:.6g} beats champion {champion:.6g} by more than "
-                      f"{min_improvement:.1%} (threshold {threshold:.6g})")
-    return False, (f"candidate {candidate:.6g} does not beat champion {champion:.6g} by {min_improvement:.1%} "
-                   f"(needs < {threshold:.6g})")
+    if goal == "minimize":
+        threshold = champion - abs(champion) * min_improvement
+        wins, needs = candidate < threshold, "<"
+    else:
+        threshold = champion + abs(champion) * min_improvement
+        wins, needs = candidate > threshold, ">"
+    verdict = "beats" if wins else "does not beat"
+    return wins, (f"candidate {candidate:.6g} {verdict} champion {champion:.6g} by the required "
+                  f"{min_improvement:.1%} ({goal}: needs {needs} {threshold:.6g})")
 
 
 def _set_champion(client: MlflowClient, name: str, version: str, previous: str | None) -> None:
@@ -77,7 +84,7 @@ def _set_champion(client: MlflowClient, name: str, version: str, previous: str |
 def promote(root: Path, task: str, params: Params, rescore) -> Decision:
     """Register the retrain's best variant and move `champion` if it earned it.
 
-    `rescore(model_uri) -> float` scores a model on this retrain's holdout with params.promote.metric.
+    `rescore(model_uri) -> float` scores a model on this retrain's holdout with the task kind's metric.
     """
     client = configure(root)
     name = registered_name(task)
@@ -85,20 +92,20 @@ def promote(root: Path, task: str, params: Params, rescore) -> Decision:
     record = json.loads(train_record(root, task).read_text())
     best = metrics["best_variant"]
     entry = next(v for v in record["variants"] if v["variant"] == best)
-    metric = params.promote.metric
-    candidate_score = float(metrics["variants"][best].get(metric, math.nan))
+    metric = params.promote.metric_for(params.task(task).kind)
+    candidate_score = float(metrics["variants"][best].get(metric.name, math.nan))
 
     version = str(mlflow.register_model(entry["model_uri"], name).version)
     current = champion_version(client, name)
     champion_score = rescore(f"models:/{name}@{CHAMPION}") if current is not None else None
-    promoted, reason = decide(candidate_score, champion_score, params.promote.min_improvement)
+    promoted, reason = decide(candidate_score, champion_score, params.promote.min_improvement, metric.goal)
 
     dv = data_version(root)
     tags = {
         **dv.as_tags(), "run_id": entry["run_id"], "variant": best,
         "dvc_lock.md5": _file_md5(root / "dvc.lock"), "params.md5": _file_md5(root / "params.yaml"),
         "promotion.decision": "promoted" if promoted else "rejected", "promotion.reason": reason,
-        "promotion.metric": metric, "promotion.candidate_score": repr(candidate_score),
+        "promotion.metric": f"{metric.name} ({metric.goal})", "promotion.candidate_score": repr(candidate_score),
         "promotion.champion_score": repr(champion_score), "promotion.champion_version": str(current),
     }
     for key, value in tags.items():

@@ -21,10 +21,10 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
-from mlflow.types.schema import Array
+from mlflow.types.schema import Array, Map
 
 from models import ModelConfig, SequenceModel
-from pipelines.features import SeriesTransform
+from pipelines.features import SeriesTransform, Vocabulary
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CODE_PATHS = [str(PROJECT_ROOT / "models"), str(PROJECT_ROOT / "pipelines")]
@@ -48,6 +48,20 @@ def _load_network(context: Any) -> tuple[SequenceModel, dict[str, Any]]:
     return network, spec
 
 
+def registered_version(run_id: str | None) -> str | None:
+    """The registry version built from this model's training run, so every response names it.
+
+    Looked up once at load time; None before registration (evaluation) or without a registry.
+    """
+    if not run_id:
+        return None
+    try:
+        versions = mlflow.tracking.MlflowClient().search_model_versions(f"run_id='{run_id}'")
+    except Exception:  # a scoring server without a reachable registry still serves; it cannot name its version
+        return None
+    return str(max(int(v.version) for v in versions)) if versions else None
+
+
 class ForecastModel(mlflow.pyfunc.PythonModel):
     """Rows of {series_id?, history: [floats], <covariate>: [floats]...} -> {series_id, forecast}.
 
@@ -59,6 +73,7 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         self.network, spec = _load_network(context)
         self.transform = SeriesTransform.load(Path(context.artifacts["transform"]))
         self.limits = spec["serving"]
+        self.version = registered_version(spec.get("run_id"))
 
     def _history(self, row: pd.Series, index: int) -> np.ndarray:
         columns = ["history", *self.transform.columns[1:]]
@@ -112,6 +127,7 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
                 "series_id": "main" if series_id is None or (isinstance(series_id, float) and math.isnan(series_id))
                 else str(series_id),
                 "forecast": [float(v) for v in forecast],
+                "model_version": self.version,
             })
         return pd.DataFrame(results)
 
@@ -119,27 +135,85 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
 def forecast_signature(covariates: list[str], default_horizon: int) -> ModelSignature:
     inputs = [ColSpec(DataType.string, "series_id", required=False), ColSpec(Array(DataType.double), "history")]
     inputs += [ColSpec(Array(DataType.double), c) for c in covariates]
-    outputs = [ColSpec(DataType.string, "series_id"), ColSpec(Array(DataType.double), "forecast")]
+    outputs = [ColSpec(DataType.string, "series_id"), ColSpec(Array(DataType.double), "forecast"),
+               ColSpec(DataType.string, "model_version", required=False)]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs),
                           params=ParamSchema([ParamSpec("horizon", DataType.long, default_horizon)]))
 
 
-def log_forecast_model(directory: Path, network: SequenceModel, model_config: dict[str, Any],
-                       transform: SeriesTransform, serving: dict[str, Any], covariates: list[str],
-                       input_example: pd.DataFrame) -> str:
-    """Log the forecast pyfunc to the active run; returns its model URI (models:/m-...)."""
+class SentimentModel(mlflow.pyfunc.PythonModel):
+    """Rows of {text} -> {label, score, scores: {label: probability}, model_version}.
+
+    A text longer than serving.max_text_length characters is rejected with a 400, or scored on its
+    first max_text_length characters, as serving.over_length says; tokens past prepare.max_length
+    are always truncated (the network never saw longer sequences).
+    """
+
+    def load_context(self, context: Any) -> None:
+        torch.set_num_threads(1)
+        self.network, spec = _load_network(context)
+        self.vocabulary = Vocabulary.load(Path(context.artifacts["vocabulary"]))
+        self.labels, self.max_length = spec["labels"], spec["max_length"]
+        self.limits = spec["serving"]
+        self.version = registered_version(spec.get("run_id"))
+
+    def _texts(self, model_input: Any) -> list[str]:
+        if not isinstance(model_input, pd.DataFrame) or "text" not in model_input.columns:
+            raise _bad("each record needs a 'text' field (a non-empty string)")
+        if model_input.empty:
+            raise _bad("no records to score")
+        if len(model_input) > self.limits["max_records"]:
+            raise _bad(f"{len(model_input)} records in one request; at most {self.limits['max_records']} are accepted")
+        limit, texts = self.limits["max_text_length"], []
+        for index, text in enumerate(model_input["text"].tolist()):
+            if not isinstance(text, str):
+                raise _bad(f"record {index}: field 'text' must be a string, got {type(text).__name__}")
+            if not text.strip():
+                raise _bad(f"record {index}: field 'text' is empty")
+            if len(text) > limit:
+                if self.limits["over_length"] == "reject":
+                    raise _bad(f"record {index}: field 'text' has {len(text)} characters; at most {limit} are accepted")
+                text = text[:limit]
+            texts.append(text)
+        return texts
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        texts = self._texts(model_input)
+        ids, lengths = self.vocabulary.encode_batch(texts, self.max_length)
+        probabilities = self.network.predict_proba(torch.from_numpy(ids), torch.from_numpy(lengths)).numpy()  # [B, C]
+        rows = []
+        for p in probabilities:
+            best = int(np.argmax(p))
+            rows.append({"label": self.labels[best], "score": float(p[best]),
+                         "scores": {label: float(v) for label, v in zip(self.labels, p)},
+                         "model_version": self.version})
+        return pd.DataFrame(rows)
+
+
+def sentiment_signature() -> ModelSignature:
+    outputs = [ColSpec(DataType.string, "label"), ColSpec(DataType.double, "score"),
+               ColSpec(Map(DataType.double), "scores"), ColSpec(DataType.string, "model_version", required=False)]
+    return ModelSignature(inputs=Schema([ColSpec(DataType.string, "text")]), outputs=Schema(outputs))
+
+
+def log_pyfunc(directory: Path, python_model: mlflow.pyfunc.PythonModel, network: SequenceModel,
+               spec: dict[str, Any], extra_artifacts: dict[str, Path], signature: ModelSignature,
+               input_example: pd.DataFrame) -> str:
+    """Log a pyfunc to the active run: weights + spec (model config, serving limits, run id) + the
+    fitted transform files, with this code and pinned dependencies. Returns its models:/m-... URI."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), directory / "weights.pt")
-    (directory / "spec.json").write_text(json.dumps({"model": model_config, "serving": serving}, indent=2))
-    transform.save(directory / "transform.json")
+    spec = {**spec, "run_id": mlflow.active_run().info.run_id}
+    (directory / "spec.json").write_text(json.dumps(spec, indent=2))
+    artifacts = {"weights": str(directory / "weights.pt"), "spec": str(directory / "spec.json")}
+    artifacts.update({name: str(path) for name, path in extra_artifacts.items()})
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=ForecastModel(),
-        artifacts={"weights": str(directory / "weights.pt"), "spec": str(directory / "spec.json"),
-                   "transform": str(directory / "transform.json")},
+        python_model=python_model,
+        artifacts=artifacts,
         code_paths=CODE_PATHS,
         pip_requirements=pip_requirements(),
-        signature=forecast_signature(covariates, serving["default_horizon"]),
+        signature=signature,
         input_example=input_example,
     )
     return info.model_uri

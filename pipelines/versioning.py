@@ -39,6 +39,15 @@ class VersioningError(RuntimeError):
     """A DVC operation failed; the message says which and why."""
 
 
+def _explain(error: BaseException) -> str:
+    """DVC wraps the cause ("failed to reproduce X") around the reason; show the whole chain."""
+    parts = [str(error)]
+    while error.__cause__ is not None:
+        error = error.__cause__
+        parts.append(str(error))
+    return ": ".join(p for p in parts if p)
+
+
 @contextmanager
 def _repo(root: Path) -> Iterator[Any]:
     """An open DVC repo, entered under the module lock with the process in its root.
@@ -76,7 +85,7 @@ def push(root: Path, remote: str | None = None) -> None:
         try:
             repo.push(remote=remote)
         except Exception as e:
-            raise VersioningError(f"dvc push failed: {e}") from None
+            raise VersioningError(f"dvc push failed: {_explain(e)}") from None
 
 
 def data_version(root: Path) -> DataVersion:
@@ -100,5 +109,5 @@ def reproduce(root: Path, stage: str, force: bool = False) -> bool:
         try:
             ran = repo.reproduce(stage, single_item=True, force=force)
         except Exception as e:
-            raise VersioningError(f"stage {stage} failed: {e}") from None
+            raise VersioningError(f"stage {stage} failed: {_explain(e)}") from None
     return bool(ran)

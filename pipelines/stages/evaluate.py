@@ -1,7 +1,11 @@
-"""evaluate@<task>: score every variant of the retrain on the holdout, beside a seasonal-naive baseline.
+"""evaluate@<task>: score every variant of the retrain on the holdout, beside a baseline.
+
+Series: rolling-origin MAE / RMSE / MASE beside a seasonal-naive forecast on the same origins.
+Text: accuracy, macro-F1, per-class precision and recall, a confusion matrix, beside TF-IDF +
+logistic regression fitted on the same training split.
 
 Scoring goes through the logged pyfunc, the exact object the REST server loads, so a holdout
-metric is a promise about what users will get. The same function re-scores the champion in
+metric is a promise about what users will get. `score_model` re-scores the champion in
 promotion, on the same holdout.
 """
 
@@ -16,10 +20,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipelines.config import Params, TimeSeriesTask, load_params
+from pipelines.baselines import tfidf_logreg_baseline
+from pipelines.config import Params, TextTask, TimeSeriesTask, load_params
 from pipelines.features import seasonal_naive
+from pipelines.metrics import classification_metrics
 from pipelines.paths import metrics_file, prepared_dir, project_root, train_record
-from pipelines.plots import log_forecast_plot
+from pipelines.plots import log_confusion_matrix, log_forecast_plot
 from pipelines.tracking import configure
 
 Forecaster = Callable[[pd.DataFrame, int], list[np.ndarray]]
@@ -32,7 +38,7 @@ def pyfunc_forecaster(model: Any) -> Forecaster:
     return forecast
 
 
-def rolling_origins(spec: TimeSeriesTask, series: pd.DataFrame) -> list[tuple[str, pd.DataFrame, int]]:
+def rolling_origins(series: pd.DataFrame) -> list[tuple[str, pd.DataFrame, int]]:
     """(series id, the series, first holdout index) for every series."""
     out = []
     for sid, group in series.groupby("series_id", sort=False):
@@ -49,7 +55,7 @@ def score_series(spec: TimeSeriesTask, series: pd.DataFrame, forecaster: Forecas
     """
     horizon, stride, season = spec.evaluate.horizon, spec.evaluate.origin_stride, spec.prepare.season
     model_err, base_err, scales, plots = [], [], [], []
-    for sid, group, first in rolling_origins(spec, series):
+    for sid, group, first in rolling_origins(series):
         values = group[spec.target].to_numpy(dtype=np.float64)
         train = values[: int((group["split"] == "train").sum())]
         scales.append(np.mean(np.abs(train[season:] - train[:-season])))
@@ -78,26 +84,65 @@ def score_series(spec: TimeSeriesTask, series: pd.DataFrame, forecaster: Forecas
     }
 
 
-def load_prepared_series(root: Path, task: str) -> pd.DataFrame:
-    return pd.read_parquet(prepared_dir(root, task) / "series.parquet")
+def score_texts(spec: TextTask, texts: pd.DataFrame, model: Any) -> dict[str, Any]:
+    """Holdout classification metrics of a sentiment pyfunc (confusion matrix kept aside for the plot)."""
+    holdout = texts[texts["split"] == "holdout"]["text"].tolist()
+    size = spec.serving.max_records  # the pyfunc refuses bigger requests, as the REST endpoint does
+    predicted = [label for start in range(0, len(holdout), size)
+                 for label in model.predict(pd.DataFrame({"text": holdout[start:start + size]}))["label"]]
+    truth = texts.loc[texts["split"] == "holdout", "label"].tolist()
+    metrics = classification_metrics(truth, predicted, list(spec.labels))
+    return {"metrics": {k: v for k, v in metrics.items() if k != "confusion_matrix"},
+            "confusion_matrix": metrics["confusion_matrix"]}
+
+
+def text_baseline(spec: TextTask, texts: pd.DataFrame, seed: int) -> dict[str, float]:
+    train, holdout = texts[texts["split"] == "train"], texts[texts["split"] == "holdout"]
+    metrics = tfidf_logreg_baseline(train["text"].tolist(), train["label"].tolist(), holdout["text"].tolist(),
+                                    holdout["label"].tolist(), list(spec.labels), seed)
+    return {f"baseline_{k}": v for k, v in metrics.items() if k != "confusion_matrix"}
+
+
+def load_prepared(root: Path, task: str, spec: TimeSeriesTask | TextTask) -> pd.DataFrame:
+    name = "texts.parquet" if isinstance(spec, TextTask) else "series.parquet"
+    return pd.read_parquet(prepared_dir(root, task) / name)
+
+
+def score_model(spec: TimeSeriesTask | TextTask, prepared: pd.DataFrame, model_uri: str) -> dict[str, Any]:
+    """Holdout metrics (and plot data) of any logged or registered model of the task."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    if isinstance(spec, TextTask):
+        return score_texts(spec, prepared, model)
+    return score_series(spec, prepared, pyfunc_forecaster(model))
+
+
+def _log_plot(spec: TimeSeriesTask | TextTask, task: str, entry: dict[str, Any], scored: dict[str, Any],
+              baseline: dict[str, float]) -> None:
+    metrics, title = scored["metrics"], f"{task}/{entry['variant']} holdout"
+    if isinstance(spec, TextTask):
+        log_confusion_matrix(entry["run_id"], scored["confusion_matrix"], list(spec.labels),
+                             f"{title}: macro-F1 {metrics['macro_f1']:.3f} (TF-IDF baseline "
+                             f"{baseline['baseline_macro_f1']:.3f})")
+        return
+    sid, context, actual, forecasts, naive = scored["plots"][0]
+    log_forecast_plot(entry["run_id"], context, actual, forecasts, naive,
+                      f"{title}, series {sid}: MAE {metrics['mae']:.3f} vs seasonal naive {metrics['baseline_mae']:.3f}")
 
 
 def evaluate_task(root: Path, task: str, params: Params) -> Path:
     spec = params.task(task)
     configure(root)
     record = json.loads(train_record(root, task).read_text())
-    series = load_prepared_series(root, task)
+    prepared = load_prepared(root, task, spec)
+    baseline = text_baseline(spec, prepared, params.training.seed) if isinstance(spec, TextTask) else {}
     results = {}
     for entry in record["variants"]:
         print(f"evaluate@{task}: scoring {entry['variant']} on the holdout", flush=True)
-        scored = score_series(spec, series, pyfunc_forecaster(mlflow.pyfunc.load_model(entry["model_uri"])))
-        metrics = scored["metrics"]
+        scored = score_model(spec, prepared, entry["model_uri"])
+        metrics = {**scored["metrics"], **baseline}
         with mlflow.start_run(run_id=entry["run_id"]):
             mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
-        sid, context, actual, forecasts, baseline = scored["plots"][0]
-        log_forecast_plot(entry["run_id"], context, actual, forecasts, baseline,
-                          f"{task}/{entry['variant']} holdout, series {sid}: MAE {metrics['mae']:.3f} "
-                          f"vs seasonal naive {metrics['baseline_mae']:.3f}")
+        _log_plot(spec, task, entry, scored, baseline)
         results[entry["variant"]] = {**metrics, "val_loss": entry["val_loss"]}
     best = min(results, key=lambda v: (np.nan_to_num(results[v]["val_loss"], nan=np.inf), v))
     out = metrics_file(root, task)

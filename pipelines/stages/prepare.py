@@ -1,6 +1,9 @@
-"""prepare@<task>: raw table -> gap-filled series, chronological splits, transform fitted on train.
+"""prepare@<task>: raw table -> model-ready splits, with every fitted transform fitted on train only.
 
-Output (prepared/<task>/): series.parquet (every row with its split), transform.json, splits.json.
+Series (prepared/<task>/): series.parquet (gap-filled, every row with its chronological split),
+transform.json, splits.json.
+Text (prepared/<task>/): texts.parquet (every row with its stratified split), vocabulary.json,
+splits.json.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.config import Params, TimeSeriesTask, load_params
-from pipelines.features import SeriesTransform
+from pipelines.config import Params, TextTask, TimeSeriesTask, load_params
+from pipelines.features import SeriesTransform, Vocabulary, stratified_split
 from pipelines.ingest import raw_path, write_atomic
 from pipelines.paths import prepared_dir, project_root
 from pipelines.validate import ValidationError, fill_gaps
@@ -53,9 +56,33 @@ def prepare_timeseries(root: Path, task: str, params: Params) -> Path:
     return out
 
 
+def prepare_text(root: Path, task: str, params: Params) -> Path:
+    spec = params.task(task)
+    texts = pd.read_parquet(raw_path(root, task))
+    texts["split"] = stratified_split(texts["label"].tolist(), spec.prepare.validation, spec.prepare.holdout,
+                                      spec.prepare.seed)
+    train = texts.loc[texts["split"] == "train", "text"]
+    vocabulary = Vocabulary.fit(train, min_freq=spec.prepare.min_freq, max_size=spec.prepare.max_vocab)
+
+    out = prepared_dir(root, task)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(texts, out / "texts.parquet")
+    vocabulary.save(out / "vocabulary.json")
+    counts = texts.groupby(["split", "label"]).size().unstack(fill_value=0)
+    (out / "splits.json").write_text(json.dumps(
+        {split: {k: int(v) for k, v in row.items()} for split, row in counts.iterrows()}, indent=2))
+    return out
+
+
+def prepare(root: Path, task: str, params: Params) -> Path:
+    if isinstance(params.task(task), TextTask):
+        return prepare_text(root, task, params)
+    return prepare_timeseries(root, task, params)
+
+
 def main(task: str) -> None:
     root = project_root()
-    out = prepare_timeseries(root, task, load_params(root / "params.yaml"))
+    out = prepare(root, task, load_params(root / "params.yaml"))
     print(f"prepare@{task}: wrote {out.relative_to(root)}")
 
 
