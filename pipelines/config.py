@@ -169,6 +169,11 @@ class Clipping(_Strict):
     max_norm: Annotated[float, Field(gt=0.0)] = 1.0
 
 
+class Diagnostics(_Strict):
+    probe_every_n_steps: PositiveInt = 10
+    vanishing_threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-3
+
+
 class Metric(_Strict):
     name: str
     goal: Literal["minimize", "maximize"]
@@ -196,6 +201,7 @@ class Params(_Strict):
     tasks: Annotated[dict[str, Task], Field(min_length=1)]
     training: Training = Training()
     clipping: Clipping = Clipping()
+    diagnostics: Diagnostics = Diagnostics()
     promote: Promote = Promote()
     serving: Serving = Serving()
 

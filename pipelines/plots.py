@@ -1,4 +1,4 @@
-"""Plots logged as MLflow artifacts: loss curves, forecast vs actual, confusion matrix.
+"""Plots logged as MLflow artifacts: loss curves, gradient health, forecast vs actual, confusion matrix.
 
 matplotlib's Agg backend: stages run headless, in DVC subprocesses and Prefect workers.
 """
@@ -37,6 +37,41 @@ def log_loss_curves(run_id: str) -> None:
     axis.legend()
     axis.set_title("loss by epoch")
     _log_figure(figure, "plots/loss_curves.png", run_id)
+
+
+def log_gradient_health(run_id: str, history: list[dict], clip_norm: float | None) -> None:
+    """Three panels from GradientHealth's records: the global gradient norm before and after clipping
+    by optimizer step; ||dL/dh_t|| by lag (vanishing shows as decay, exploding as growth); the
+    spectral radius of each recurrent matrix over training (above 1 invites explosion)."""
+    updates = [r for r in history if r["kind"] == "update"]
+    lags = [r for r in history if r["kind"] == "lag"]
+    spectral = [r for r in history if r["kind"] == "spectral"]
+    figure, (norms, by_lag, radii) = plt.subplots(1, 3, figsize=(15, 4))
+    if updates:
+        steps = [r["step"] for r in updates]
+        norms.plot(steps, [r["grad_norm"] for r in updates], label="before clipping", linewidth=0.8)
+        norms.plot(steps, [r["grad_norm_clipped"] for r in updates], label="after clipping", linewidth=0.8)
+        if clip_norm is not None:
+            norms.axhline(clip_norm, color="red", linestyle="--", linewidth=0.8, label=f"max norm {clip_norm:g}")
+        norms.set_yscale("log")
+        norms.legend(fontsize=8)
+    norms.set(title="global gradient norm", xlabel="optimizer step")
+    for record in (lags[0], lags[-1]) if len(lags) > 1 else lags:
+        curve = np.asarray(record["lag_profile"])
+        by_lag.plot(range(len(curve)), np.where(curve > 0, curve, np.nan), label=f"step {record['step']}")
+    if lags:
+        by_lag.set_yscale("log")
+        by_lag.legend(fontsize=8)
+    by_lag.set(title="||dL/dh_t|| by lag", xlabel="lag (steps before the loss)")
+    if spectral:
+        steps = [r["step"] for r in spectral]
+        for name in spectral[0]["spectral_radius"]:
+            radii.plot(steps, [r["spectral_radius"].get(name, np.nan) for r in spectral], label=name, linewidth=0.8)
+        radii.axhline(1.0, color="red", linestyle="--", linewidth=0.8)
+        radii.legend(fontsize=6)
+    radii.set(title="spectral radius of recurrent weights", xlabel="optimizer step")
+    figure.tight_layout()
+    _log_figure(figure, "plots/gradient_health.png", run_id)
 
 
 def log_forecast_plot(run_id: str, context: np.ndarray, actual: np.ndarray, forecasts: list[tuple[int, np.ndarray]],

@@ -38,38 +38,41 @@ def pyfunc_forecaster(model: Any) -> Forecaster:
     return forecast
 
 
-def rolling_origins(series: pd.DataFrame) -> list[tuple[str, pd.DataFrame, int]]:
-    """(series id, the series, first holdout index) for every series."""
+def segment_bounds(series: pd.DataFrame, segment: str) -> list[tuple[str, pd.DataFrame, int, int]]:
+    """(series id, the series, first index, end index) of `segment` (validation | holdout) per series."""
     out = []
     for sid, group in series.groupby("series_id", sort=False):
         group = group.reset_index(drop=True)
-        out.append((str(sid), group, int((group["split"] != "holdout").sum())))
+        inside = np.flatnonzero((group["split"] == segment).to_numpy())
+        out.append((str(sid), group, int(inside[0]), int(inside[-1]) + 1))
     return out
 
 
-def score_series(spec: TimeSeriesTask, series: pd.DataFrame, forecaster: Forecaster) -> dict[str, Any]:
-    """Rolling-origin holdout forecasts: MAE, RMSE, MASE of the model and of the seasonal-naive baseline.
+def score_series(spec: TimeSeriesTask, series: pd.DataFrame, forecaster: Forecaster,
+                 segment: str = "holdout") -> dict[str, Any]:
+    """Rolling-origin forecasts inside `segment`: MAE, RMSE, MASE of the model and of the seasonal-naive
+    baseline, every forecast made from the whole history before its origin.
 
     MASE scales by the in-sample seasonal-naive MAE of the training segment (Hyndman & Koehler),
     so a value below 1 beats last year's values on average.
     """
     horizon, stride, season = spec.evaluate.horizon, spec.evaluate.origin_stride, spec.prepare.season
     model_err, base_err, scales, plots = [], [], [], []
-    for sid, group, first in rolling_origins(series):
+    for sid, group, first, end in segment_bounds(series, segment):
         values = group[spec.target].to_numpy(dtype=np.float64)
         train = values[: int((group["split"] == "train").sum())]
         scales.append(np.mean(np.abs(train[season:] - train[:-season])))
-        origins = list(range(first, len(values) - horizon + 1, stride))
+        origins = list(range(first, end - horizon + 1, stride)) or [max(first, end - horizon)]
         rows = pd.DataFrame({"series_id": [sid] * len(origins), "history": [values[:o].tolist() for o in origins]})
         for column in spec.covariates:
             rows[column] = [group[column].to_numpy(dtype=np.float64)[:o].tolist() for o in origins]
         forecasts = forecaster(rows, horizon)
         baselines = [seasonal_naive(values[:o], horizon, season) for o in origins]
         for o, f, b in zip(origins, forecasts, baselines):
-            actual = values[o:o + horizon]
-            model_err.append(f - actual)
-            base_err.append(b - actual)
-        plots.append((sid, values[:first], values[first:], [(o - first, f) for o, f in zip(origins, forecasts)],
+            actual = values[o:min(o + horizon, end)]
+            model_err.append(f[:len(actual)] - actual)
+            base_err.append(b[:len(actual)] - actual)
+        plots.append((sid, values[:first], values[first:end], [(o - first, f) for o, f in zip(origins, forecasts)],
                       [(o - first, b) for o, b in zip(origins, baselines)]))
     model_err, base_err = np.concatenate(model_err), np.concatenate(base_err)
     scale = float(np.mean(scales))
@@ -84,13 +87,13 @@ def score_series(spec: TimeSeriesTask, series: pd.DataFrame, forecaster: Forecas
     }
 
 
-def score_texts(spec: TextTask, texts: pd.DataFrame, model: Any) -> dict[str, Any]:
-    """Holdout classification metrics of a sentiment pyfunc (confusion matrix kept aside for the plot)."""
-    holdout = texts[texts["split"] == "holdout"]["text"].tolist()
+def score_texts(spec: TextTask, texts: pd.DataFrame, model: Any, segment: str = "holdout") -> dict[str, Any]:
+    """Classification metrics of a sentiment pyfunc on `segment` (confusion matrix kept aside for the plot)."""
+    part = texts[texts["split"] == segment]["text"].tolist()
     size = spec.serving.max_records  # the pyfunc refuses bigger requests, as the REST endpoint does
-    predicted = [label for start in range(0, len(holdout), size)
-                 for label in model.predict(pd.DataFrame({"text": holdout[start:start + size]}))["label"]]
-    truth = texts.loc[texts["split"] == "holdout", "label"].tolist()
+    predicted = [label for start in range(0, len(part), size)
+                 for label in model.predict(pd.DataFrame({"text": part[start:start + size]}))["label"]]
+    truth = texts.loc[texts["split"] == segment, "label"].tolist()
     metrics = classification_metrics(truth, predicted, list(spec.labels))
     return {"metrics": {k: v for k, v in metrics.items() if k != "confusion_matrix"},
             "confusion_matrix": metrics["confusion_matrix"]}
@@ -108,12 +111,14 @@ def load_prepared(root: Path, task: str, spec: TimeSeriesTask | TextTask) -> pd.
     return pd.read_parquet(prepared_dir(root, task) / name)
 
 
-def score_model(spec: TimeSeriesTask | TextTask, prepared: pd.DataFrame, model_uri: str) -> dict[str, Any]:
-    """Holdout metrics (and plot data) of any logged or registered model of the task."""
-    model = mlflow.pyfunc.load_model(model_uri)
+def score_model(spec: TimeSeriesTask | TextTask, prepared: pd.DataFrame, model: Any,
+                segment: str = "holdout") -> dict[str, Any]:
+    """Metrics (and plot data) on `segment` of a loaded pyfunc, or of a model URI (logged or registered)."""
+    if isinstance(model, str):
+        model = mlflow.pyfunc.load_model(model)
     if isinstance(spec, TextTask):
-        return score_texts(spec, prepared, model)
-    return score_series(spec, prepared, pyfunc_forecaster(model))
+        return score_texts(spec, prepared, model, segment)
+    return score_series(spec, prepared, pyfunc_forecaster(model), segment)
 
 
 def _log_plot(spec: TimeSeriesTask | TextTask, task: str, entry: dict[str, Any], scored: dict[str, Any],
@@ -135,21 +140,34 @@ def evaluate_task(root: Path, task: str, params: Params) -> Path:
     record = json.loads(train_record(root, task).read_text())
     prepared = load_prepared(root, task, spec)
     baseline = text_baseline(spec, prepared, params.training.seed) if isinstance(spec, TextTask) else {}
+    metric = params.promote.metric_for(spec.kind)
     results = {}
     for entry in record["variants"]:
-        print(f"evaluate@{task}: scoring {entry['variant']} on the holdout", flush=True)
-        scored = score_model(spec, prepared, entry["model_uri"])
+        print(f"evaluate@{task}: scoring {entry['variant']} on validation and holdout", flush=True)
+        model = mlflow.pyfunc.load_model(entry["model_uri"])
+        selection = score_model(spec, prepared, model, "validation")["metrics"][metric.name]
+        scored = score_model(spec, prepared, model, "holdout")
         metrics = {**scored["metrics"], **baseline}
         with mlflow.start_run(run_id=entry["run_id"]):
-            mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
+            mlflow.log_metrics({**{f"holdout_{k}": v for k, v in metrics.items()}, f"validation_{metric.name}": selection})
         _log_plot(spec, task, entry, scored, baseline)
-        results[entry["variant"]] = {**metrics, "val_loss": entry["val_loss"]}
-    best = min(results, key=lambda v: (np.nan_to_num(results[v]["val_loss"], nan=np.inf), v))
+        results[entry["variant"]] = {**metrics, f"validation_{metric.name}": selection, "val_loss": entry["val_loss"]}
     out = metrics_file(root, task)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"task": task, "selection": "val_loss", "best_variant": best,
+    out.write_text(json.dumps({"task": task, "selection": f"validation_{metric.name} ({metric.goal})",
+                               "best_variant": best_variant(results, f"validation_{metric.name}", metric.goal),
                                "variants": results}, indent=2, sort_keys=True))
     return out
+
+
+def best_variant(results: dict[str, dict[str, float]], key: str, goal: str) -> str:
+    """The variant with the best selection metric; NaN ranks last, ties go to the first name.
+
+    Selection uses the validation segment, never the holdout: the holdout stays an unbiased
+    estimate for the promotion gate.
+    """
+    sign = 1.0 if goal == "minimize" else -1.0
+    return min(results, key=lambda v: (np.nan_to_num(sign * results[v][key], nan=np.inf), v))
 
 
 def main(task: str) -> None:

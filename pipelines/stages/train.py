@@ -19,11 +19,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import MLFlowLogger
 
-from models import ModelConfig, SequenceModel
+from models import GradientHealth, ModelConfig, SequenceModel
 from pipelines.config import Params, TextTask, TimeSeriesTask, Variant, load_params
 from pipelines.datamodules import SeriesDataModule, TextDataModule
 from pipelines.paths import prepared_dir, project_root, tracking_uri, train_record
-from pipelines.plots import log_loss_curves
+from pipelines.plots import log_gradient_health, log_loss_curves
 from pipelines.serving import (ForecastModel, SentimentModel, forecast_signature, log_pyfunc,
                                sentiment_signature)
 from pipelines.tracking import child_run, parent_run
@@ -78,14 +78,15 @@ def model_config(variant: Variant, spec: TimeSeriesTask | TextTask, params: Para
     }
 
 
-def trainer_for(params: Params, spec: TimeSeriesTask | TextTask, run_id: str, root: Path, label: str) -> pl.Trainer:
+def trainer_for(params: Params, spec: TimeSeriesTask | TextTask, run_id: str, root: Path, label: str,
+                health: GradientHealth) -> pl.Trainer:
     return pl.Trainer(
         max_epochs=spec.training.max_epochs,
         accelerator=params.training.accelerator,
         devices=params.training.devices,
         precision=params.training.precision,
         logger=RunLogger(run_id=run_id, tracking_uri=tracking_uri(root)),
-        callbacks=[EpochProgress(label)],
+        callbacks=[EpochProgress(label), health],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -167,10 +168,14 @@ def train_variant(root: Path, task: str, params: Params, variant: Variant,
                            "seed": params.training.seed})
         pl.seed_everything(params.training.seed, workers=True, verbose=False)
         network = SequenceModel(ModelConfig(**config))
-        trainer = trainer_for(params, spec, run_id, root, f"{task}/{variant.name}")
+        health = GradientHealth(probe_every_n_steps=params.diagnostics.probe_every_n_steps,
+                                vanishing_threshold=params.diagnostics.vanishing_threshold)
+        trainer = trainer_for(params, spec, run_id, root, f"{task}/{variant.name}", health)
         trainer.fit(network, datamodule=adapter.datamodule(variant))
         val_loss = float(trainer.callback_metrics["val_loss"])
+        mlflow.log_metric("clipped_fraction", health.clipped_fraction)
         log_loss_curves(run_id)
+        log_gradient_health(run_id, health.history, config["clip_value"] if config["clip_algorithm"] == "norm" else None)
         model_uri = adapter.log_model(workdir / variant.name, network.cpu(), config)
     return {"variant": variant.name, "run_id": run_id, "model_uri": model_uri, "val_loss": val_loss}
 
