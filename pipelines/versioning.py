@@ -111,3 +111,86 @@ def reproduce(root: Path, stage: str, force: bool = False) -> bool:
         except Exception as e:
             raise VersioningError(f"stage {stage} failed: {_explain(e)}") from None
     return bool(ran)
+
+
+def commit_stage(root: Path, stage: str) -> None:
+    """`dvc commit STAGE`: record a stage whose outputs the flow produced (the fanned-out train) in dvc.lock.
+
+    DVC still decides staleness: the flow only builds a stage that `stage_changed` reports, and
+    after this DVC finds it up to date exactly as if `dvc repro` had run its command.
+    """
+    with _repo(root) as repo:
+        try:
+            repo.commit(stage, force=True)
+        except Exception as e:
+            raise VersioningError(f"dvc commit {stage} failed: {_explain(e)}") from None
+
+
+# --- remotes ----------------------------------------------------------------------------------------
+# The scaled setup's DVC remote is S3-compatible storage, named by the same two variables the
+# project image's entrypoint (deploy/entrypoint.sh) reads, so a worker outside a container works too.
+REMOTE_URL_ENV = "DVC_REMOTE_URL"
+REMOTE_ENDPOINT_ENV = "DVC_S3_ENDPOINT_URL"
+OBJECTSTORE = "objectstore"
+
+
+def default_remote(root: Path) -> tuple[str | None, str | None]:
+    """(url, endpointurl) of the workspace's default remote, or (None, None) when there is none."""
+    with _repo(root) as repo:
+        name = repo.config["core"].get("remote")
+        remote = repo.config["remote"].get(name, {}) if name else {}
+        return remote.get("url"), remote.get("endpointurl")
+
+
+def use_remote(root: Path, url: str, endpoint_url: str | None = None, name: str = OBJECTSTORE) -> None:
+    """Make `url` (s3://bucket/prefix, a path, ...) the default remote, in .dvc/config.local only.
+
+    The committed .dvc/config keeps the embedded defaults' local remote; credentials stay in the
+    environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), never on disk.
+    """
+    with _repo(root) as repo:
+        try:
+            with repo.config.edit("local") as conf:
+                remote: dict[str, Any] = {"url": url}
+                if endpoint_url:
+                    remote["endpointurl"] = endpoint_url
+                conf.setdefault("remote", {})[name] = remote
+                conf.setdefault("core", {})["remote"] = name
+        except Exception as e:
+            raise VersioningError(f"cannot set DVC remote {url!r}: {_explain(e)}") from None
+
+
+def use_remote_from_env(root: Path) -> str | None:
+    """Apply DVC_REMOTE_URL (+ DVC_S3_ENDPOINT_URL, else MLFLOW_S3_ENDPOINT_URL) when set; the remote's url."""
+    url = os.environ.get(REMOTE_URL_ENV)
+    if not url:
+        return None
+    endpoint = os.environ.get(REMOTE_ENDPOINT_ENV) or os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
+    if default_remote(root) != (url, endpoint):
+        use_remote(root, url, endpoint)
+    return url
+
+
+# --- git --------------------------------------------------------------------------------------------
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+
+
+def commit_data_version(root: Path, message: str) -> str | None:
+    """Commit data.dvc (and nothing else) in a git checkout; the new commit's sha.
+
+    None when there is nothing to commit: no git checkout, or data.dvc already as committed.
+    """
+    if _git(root, "rev-parse", "--is-inside-work-tree").returncode != 0:
+        return None
+    added = _git(root, "add", "--", DATA_DVC)
+    if added.returncode != 0:
+        raise VersioningError(f"git add {DATA_DVC} failed: {added.stderr.strip()}")
+    if _git(root, "diff", "--cached", "--quiet", "--", DATA_DVC).returncode == 0:
+        return None
+    committed = _git(root, "commit", "-q", "-m", message, "--", DATA_DVC)
+    if committed.returncode != 0:
+        raise VersioningError(f"git commit of {DATA_DVC} failed: {(committed.stderr or committed.stdout).strip()} "
+                              f"(the data is tracked and pushed; commit {DATA_DVC} yourself)")
+    return git_sha(root)

@@ -1,0 +1,186 @@
+"""`seqops data add`: new data is validated, merged, versioned with DVC and committed, or changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pipelines import ingest, versioning
+from pipelines.config import load_params
+from pipelines.new_data import add_data
+from pipelines.validate import ValidationError
+from tests.conftest import TINY_FORECAST, git, make_project
+
+COMMIT = ("-c", "user.email=t@example.invalid", "-c", "user.name=t")
+
+
+def versioned(root: Path) -> Path:
+    """The project after its first retrain's data step: raw data ingested, data.dvc committed."""
+    params = load_params(root / "params.yaml")
+    for task in params.tasks:
+        ingest.ingest(task, params, root)
+    versioning.track(root)
+    git(root, *COMMIT, "add", "data.dvc")
+    git(root, *COMMIT, "commit", "-qm", "data")
+    git(root, "config", "user.email", "t@example.invalid")
+    git(root, "config", "user.name", "t")
+    return root
+
+
+def state(root: Path, task: str) -> tuple[bytes, str, str]:
+    """Everything a rejected file must leave as it was: raw bytes, data.dvc, HEAD."""
+    return (ingest.raw_path(root, task).read_bytes(), (root / "data.dvc").read_text(),
+            git(root, "rev-parse", "HEAD").strip())
+
+
+def weeks_after(root: Path, count: int, offset: int = 1) -> pd.DataFrame:
+    raw = pd.read_parquet(ingest.raw_path(root, "forecast"))
+    start = raw["timestamp"].max() + pd.Timedelta(weeks=offset)
+    return pd.DataFrame({"date": pd.date_range(start, periods=count, freq="7D").strftime("%Y-%m-%d"),
+                         "co2": [372.0 + 0.01 * i for i in range(count)]})
+
+
+@pytest.fixture
+def forecast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = versioned(make_project(tmp_path / "project", {"forecast": TINY_FORECAST}))
+    monkeypatch.setenv("SEQOPS_ROOT", str(root))
+    return root
+
+
+def test_appended_weeks_become_a_new_pushed_and_committed_data_version(forecast: Path, tmp_path: Path) -> None:
+    before = versioning.data_version(forecast)
+    rows_before = len(pd.read_parquet(ingest.raw_path(forecast, "forecast")))
+    file = tmp_path / "new.csv"
+    weeks_after(forecast, 8).to_csv(file, index=False)
+
+    added = add_data(forecast, "forecast", file, load_params(forecast / "params.yaml"))
+
+    raw = pd.read_parquet(ingest.raw_path(forecast, "forecast"))
+    assert len(raw) == rows_before + 8 and raw["timestamp"].is_monotonic_increasing
+    assert added.changed and added.version.md5 != before.md5
+    assert yaml.safe_load((forecast / "data.dvc").read_text())["outs"][0]["md5"] == added.version.md5
+    assert git(forecast, "log", "-1", "--format=%s").strip() == (
+        f"data(forecast): append new.csv (8 rows) -> data version {added.version.md5}")
+    assert git(forecast, "show", "--name-only", "--format=", "HEAD").split() == ["data.dvc"]
+    assert added.commit == added.version.git_sha == git(forecast, "rev-parse", "HEAD").strip()
+    remote = forecast / ".seqops" / "dvc-remote" / "files" / "md5"
+    assert (remote / added.version.md5[:2] / added.version.md5[2:]).is_file()
+
+
+@pytest.mark.parametrize("make_file, message", [
+    (lambda root: weeks_after(root, 4, offset=-1), "is not after the last timestamp"),
+    (lambda root: weeks_after(root, 4).assign(date=lambda f: f["date"] + "T03:00"), "not on a regular grid"),
+    (lambda root: weeks_after(root, 4).rename(columns={"co2": "ppm"}), "missing column 'co2'"),
+    (lambda root: weeks_after(root, 4).assign(co2=["372", "x", "373", "374"]), "row 2: 'x' is not a number"),
+])
+def test_a_rejected_file_changes_nothing(forecast: Path, tmp_path: Path, make_file, message: str) -> None:
+    file = tmp_path / "bad.csv"
+    make_file(forecast).to_csv(file, index=False)
+    unchanged = state(forecast, "forecast")
+
+    with pytest.raises(ValidationError, match=message):
+        add_data(forecast, "forecast", file, load_params(forecast / "params.yaml"))
+
+    assert state(forecast, "forecast") == unchanged
+    assert git(forecast, "status", "--porcelain", "--", "data.dvc") == ""
+
+
+def test_replace_makes_the_file_the_tasks_data(forecast: Path, tmp_path: Path) -> None:
+    file = tmp_path / "fresh.parquet"
+    frame = pd.DataFrame({"date": pd.date_range("2020-01-05", periods=300, freq="7D"),
+                          "co2": [410.0 + 0.04 * i for i in range(300)]})
+    frame.to_parquet(file, index=False)
+
+    added = add_data(forecast, "forecast", file, load_params(forecast / "params.yaml"), mode="replace")
+
+    raw = pd.read_parquet(ingest.raw_path(forecast, "forecast"))
+    assert len(raw) == 300 and raw["timestamp"].min() == pd.Timestamp("2020-01-05")
+    assert added.rows_before == 2284 and added.rows_after == 300 and added.commit
+
+
+def test_adding_the_same_data_again_is_no_new_version(forecast: Path, tmp_path: Path) -> None:
+    file = tmp_path / "same.parquet"
+    pd.read_parquet(ingest.raw_path(forecast, "forecast")).rename(
+        columns={"timestamp": "date"}).drop(columns="series_id").to_parquet(file, index=False)
+    head = git(forecast, "rev-parse", "HEAD").strip()
+
+    added = add_data(forecast, "forecast", file, load_params(forecast / "params.yaml"), mode="replace")
+
+    assert not added.changed and added.commit is None
+    assert git(forecast, "rev-parse", "HEAD").strip() == head
+
+
+TEXT_TASK = {"kind": "text", "source": "seed.csv", "labels": ["negative", "positive"], "duplicates": "drop",
+             "variants": [{"name": "gru", "cell": "gru", "hidden_size": 8}]}
+
+
+def test_appended_texts_follow_the_tasks_duplicate_policy(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    root.mkdir()
+    pd.DataFrame({"text": ["good flight", "bad food", "lovely crew"],
+                  "label": ["positive", "negative", "positive"]}).to_csv(root / "seed.csv", index=False)
+    root = versioned(make_project(root, {"reviews": TEXT_TASK}))
+    file = tmp_path / "more.csv"
+    pd.DataFrame({"text": ["good  flight", "lost bag", "bad food"],
+                  "label": ["positive", "negative", "positive"]}).to_csv(file, index=False)
+
+    added = add_data(root, "reviews", file, load_params(root / "params.yaml"))
+
+    raw = pd.read_parquet(ingest.raw_path(root, "reviews"))
+    # "good  flight" repeats an existing text (dropped); "bad food" now carries two labels (all dropped)
+    assert raw.to_dict("records") == [{"text": "good flight", "label": "positive"},
+                                      {"text": "lovely crew", "label": "positive"},
+                                      {"text": "lost bag", "label": "negative"}]
+    assert added.dropped == {"dropped_duplicates": 1, "dropped_conflicting": 2}
+
+
+def test_cli_rejects_a_bad_file_with_one_line_naming_the_row(forecast: Path, tmp_path: Path) -> None:
+    from pipelines.cli import app
+
+    file = tmp_path / "old.csv"
+    weeks_after(forecast, 2, offset=-3).to_csv(file, index=False)
+    unchanged = state(forecast, "forecast")
+
+    result = CliRunner().invoke(app, ["data", "add", "forecast", str(file)])
+
+    assert result.exit_code == 2
+    assert "row 1" in result.output and "is not after the last timestamp" in result.output
+    assert "Traceback" not in result.output
+    assert state(forecast, "forecast") == unchanged
+
+
+def test_cli_reports_the_new_version_and_commit(forecast: Path, tmp_path: Path) -> None:
+    from pipelines.cli import app
+
+    file = tmp_path / "new.csv"
+    weeks_after(forecast, 3).to_csv(file, index=False)
+
+    result = CliRunner().invoke(app, ["data", "add", "forecast", str(file), "--mode", "append"])
+
+    assert result.exit_code == 0, result.output
+    md5 = versioning.data_version(forecast).md5
+    assert f"data version {md5}" in result.output
+    assert f"committed data.dvc as {git(forecast, 'rev-parse', 'HEAD').strip()[:12]}" in result.output
+
+
+def test_dvc_remote_url_redirects_the_push_without_touching_the_committed_config(
+        forecast: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    committed = (forecast / ".dvc" / "config").read_text()
+    elsewhere = tmp_path / "shared-remote"
+    monkeypatch.setenv("DVC_REMOTE_URL", str(elsewhere))
+    monkeypatch.setenv("DVC_S3_ENDPOINT_URL", "")
+    monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
+    file = tmp_path / "new.csv"
+    weeks_after(forecast, 2).to_csv(file, index=False)
+
+    added = add_data(forecast, "forecast", file, load_params(forecast / "params.yaml"))
+
+    md5 = added.version.md5
+    assert (elsewhere / "files" / "md5" / md5[:2] / md5[2:]).is_file()
+    assert versioning.default_remote(forecast) == (str(elsewhere), None)
+    assert (forecast / ".dvc" / "config").read_text() == committed
+    assert git(forecast, "status", "--porcelain", "--", ".dvc").strip() == ""
