@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TASK ?= forecast
 PORT ?= 5055
 
-.PHONY: install run test test-fast serve ui rollback bench clean
+.PHONY: install run test test-fast serve ui rollback bench clean schedule
 
 install: $(STAMP)
 
@@ -37,6 +37,20 @@ ui: install
 
 rollback: install
 	$(BIN)/seqops rollback $(TASK)
+
+# Retrain on a schedule (blocks; Ctrl-C stops it and the local Prefect server it started).
+# CRON empty: orchestration.schedule.cron in params.yaml. Against a server: PREFECT_API_URL=... make schedule
+CRON ?=
+schedule: install
+	$(BIN)/seqops schedule $(if $(CRON),--cron "$(CRON)")
+
+# Benchmarks (not part of `make test`; ~6 minutes on 2 cores): each prints its table and ratios and
+# writes bench/results/<name>.json. One torch/BLAS thread everywhere.
+BENCH_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MLFLOW_DISABLE_TELEMETRY=true
+bench: install
+	$(BENCH_ENV) $(BIN)/python -m bench.train_throughput
+	$(BENCH_ENV) $(BIN)/python -m bench.tbptt_memory
+	$(BENCH_ENV) $(BIN)/python -m bench.serving
 
 clean:
 	rm -rf .seqops prepared artifacts metrics dvc.lock

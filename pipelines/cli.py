@@ -106,31 +106,43 @@ def run(
 @app.command()
 def serve(
     task: Annotated[str, typer.Argument(help="Task whose champion to serve, e.g. forecast.")],
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5055,
-    host: Annotated[str, typer.Option(help="Interface to bind; 127.0.0.1 keeps it local.")] = "127.0.0.1",
+    port: Annotated[Optional[int], typer.Option(help="Port to listen on; default: serving.port.")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Interface to bind; default: serving.host (127.0.0.1).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="uvicorn worker processes; default: serving.workers.")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override params.yaml, e.g. "
+                                                             "--set serving.poll_interval_s=2 (repeatable).")] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request (costs throughput).")] = False,
 ) -> None:
-    """Serve models:/seqops-TASK@champion over REST with MLflow's scoring server (blocks; Ctrl-C stops)."""
+    """Serve models:/seqops-TASK@champion over REST (blocks; Ctrl-C stops).
+
+    MLflow's scoring app inside the seqops gateway (pipelines/gateway.py); settings in params.yaml `serving`.
+    A request without Content-Type is JSON; a body over serving.max_body_bytes gets a 413, a slow one a 504.
+    Every response carries X-Model-Version; GET /health, /version and /metrics (Prometheus).
+    The model reloads when `champion` moves (checked every serving.poll_interval_s).
+    """
+    from pipelines.config import load_params
+    from pipelines.gateway import GatewayConfig, GatewayError
+    from pipelines.gateway import serve as run_gateway
     from pipelines.paths import tracking_uri
     from pipelines.registry import champion_version
-    from pipelines.server import serve_command, server_env
     from pipelines.tracking import configure, registered_name
 
     root = project_root()
     try:
-        from pipelines.config import load_params
-
-        load_params(root / "params.yaml").task(task)
+        params = load_params(root / "params.yaml", overrides or ())
+        params.task(task)
         name = registered_name(task)
-        client = configure(root)
-        version = champion_version(client, name)
+        version = champion_version(configure(root), name)
         if version is None:
             _fail(f"{name} has no champion yet: run `seqops run --task {task}` first")
-    except _known_errors() as e:
+        settings = params.serving
+        host, port = host or settings.host, port or settings.port
+        config = GatewayConfig.from_params(task, name, tracking_uri(root), settings)
+        typer.echo(f"serving {name} v{version} (champion) on http://{host}:{port}  "
+                   "(POST /invocations; GET /health /version /metrics)")
+        run_gateway(config, host, port, workers or settings.workers, access_log)
+    except (*_known_errors(), GatewayError) as e:
         _fail(str(e))
-    typer.echo(f"serving {name} v{version} (champion) on http://{host}:{port}  (POST /invocations, GET /ping)")
-    env = server_env(tracking_uri(root))
-    command = serve_command(f"models:/{name}@champion", host, port)
-    os.execvpe(command[0], command, env)
 
 
 @app.command()
@@ -160,6 +172,117 @@ def rollback(task: Annotated[str, typer.Argument(help="Task whose champion to ro
     except _known_errors() as e:
         _fail(str(e))
     typer.echo(f"{registered_name(task)}: champion moved from v{old} back to v{new}")
+
+
+@app.command()
+def lineage(
+    task: Annotated[str, typer.Argument(help="Task whose model to trace.")],
+    version: Annotated[Optional[str], typer.Option(help="Registered version; default: the champion.")] = None,
+) -> None:
+    """Trace a model version to its training run, data version, git commit and params, and show how to restore the data."""
+    from pipelines.registry import lineage as trace
+
+    try:
+        found = trace(project_root(), task, version)
+    except _known_errors() as e:
+        _fail(str(e))
+    aliases = f" ({', '.join(found.aliases)})" if found.aliases else ""
+    typer.echo(f"model     {found.name} v{found.version}{aliases}")
+    typer.echo(f"decision  {found.decision}")
+    typer.echo(f"run       {found.run_id}")
+    typer.echo(f"data      md5 {found.data_md5} (data.dvc)")
+    typer.echo(f"code      git {found.git_sha}   dvc.lock md5 {found.dvc_lock_md5}")
+    typer.echo("params")
+    for key, value in found.params.items():
+        typer.echo(f"  {key} = {value}")
+    if not found.data_committed:
+        typer.echo("note: data.dvc was not committed when this model trained; the md5 above is its only record")
+    typer.echo("restore the training data:")
+    for command in found.restore_commands():
+        typer.echo(f"  {command}")
+
+
+@app.command()
+def schedule(
+    cron: Annotated[Optional[str], typer.Option(help="Cron expression; default: orchestration.schedule.cron in "
+                                                     "params.yaml (\"0 3 * * *\").")] = None,
+    timezone: Annotated[Optional[str], typer.Option(help="Time zone of the cron expression; default: "
+                                                         "orchestration.schedule.timezone (UTC).")] = None,
+    task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="Task(s) to retrain; default: all.")] = None,
+    force: Annotated[bool, typer.Option(help="Retrain on every run even when DVC finds nothing changed.")] = False,
+    local_server: Annotated[bool, typer.Option("--local-server/--no-local-server",
+                                               help="Without PREFECT_API_URL, start a local Prefect server "
+                                                    "(stopped when this command stops).")] = True,
+    port: Annotated[int, typer.Option(help="Port of the local Prefect server (its UI too); 0: a free one.")] = 0,
+) -> None:
+    """Retrain on a schedule: serve the retrain flow as the Prefect deployment retrain/retrain (blocks; Ctrl-C stops).
+
+    A run retrains only what DVC finds changed (new data, params or code) unless --force.
+    """
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from pipelines.config import ConfigError, load_params
+    from pipelines.paths import seqops_home
+    from pipelines.schedule import SERVER_HOME, ScheduleError, exit_on_sigterm, prefect_api, serve_retrain
+
+    root = project_root()
+    try:
+        params = load_params(root / "params.yaml")
+        for name in task or []:
+            params.task(name)
+        settings = params.orchestration.schedule
+        cron, timezone = cron or settings.cron, timezone or settings.timezone
+        try:
+            CronSchedule(cron=cron, timezone=timezone)
+        except ValueError as e:
+            reason = e.errors()[0]["msg"].removeprefix("Value error, ") if hasattr(e, "errors") else str(e)
+            _fail(f"--cron {cron!r} --timezone {timezone!r}: {reason} (cron: minute hour day month weekday, "
+                  f"e.g. \"0 3 * * *\")")
+        with exit_on_sigterm(), prefect_api(seqops_home(root) / SERVER_HOME, start_local=local_server,
+                                            port=port or None, announce=typer.echo):
+            typer.echo(f"retrain/retrain: `{cron}` ({timezone}), tasks {task or 'all'}, root {root}; "
+                       f"Ctrl-C or SIGTERM stops it (and the local server)")
+            serve_retrain(root, cron, timezone, tasks=task, force=force)
+    except (ScheduleError, ConfigError) as e:
+        _fail(str(e))
+    typer.echo("schedule stopped: deployment paused, local Prefect server (if any) stopped")
+
+
+data_app = typer.Typer(help="Add data to a task: validated, versioned with DVC, committed.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("add")
+def data_add(
+    task: Annotated[str, typer.Argument(help="Task to add data to, e.g. forecast.")],
+    file: Annotated[Path, typer.Argument(help="CSV or Parquet file with the task's columns.", exists=True,
+                                         dir_okay=False, readable=True)],
+    mode: Annotated[str, typer.Option(help="append: add rows after the existing data; replace: the file becomes "
+                                           "the task's data.")] = "append",
+) -> None:
+    """Validate FILE, merge it into TASK's raw data, version it (dvc add + push) and commit data.dvc.
+
+    A file that breaks a rule changes nothing. The next retrain (scheduled or `seqops run`) trains on it.
+    """
+    from pipelines.config import load_params
+    from pipelines.new_data import MODES, add_data
+
+    if mode not in MODES:
+        _fail(f"--mode must be one of {list(MODES)}, got {mode!r}")
+    root = project_root()
+    try:
+        added = add_data(root, task, file.resolve(), load_params(root / "params.yaml"), mode)  # type: ignore[arg-type]
+    except _known_errors() as e:
+        _fail(str(e))
+    typer.echo(added.summary)
+    for reason, count in added.dropped.items():
+        typer.echo(f"  {reason.replace('_', ' ')}: {count} rows")
+    if not added.changed:
+        typer.echo("  the data is unchanged: nothing new to train on")
+    elif added.commit:
+        typer.echo(f"  pushed; committed data.dvc as {added.commit[:12]}")
+    else:
+        typer.echo("  pushed; data.dvc not committed (not a git checkout, or already committed)")
 
 
 if __name__ == "__main__":

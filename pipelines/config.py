@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PARAMS_FILE = "params.yaml"
@@ -57,6 +57,17 @@ class Variant(_Strict):
         return self
 
 
+def _unique_names(variants: list[Variant]) -> list[Variant]:
+    """Variant names key MLflow child runs and train.json entries: two with one name would collide."""
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant names must be unique, got {names}")
+    return variants
+
+
+Variants = Annotated[list[Variant], Field(min_length=1), AfterValidator(_unique_names)]
+
+
 class SeriesPrepare(_Strict):
     holdout: PositiveInt = 104
     validation: PositiveInt = 104
@@ -98,13 +109,10 @@ class TimeSeriesTask(_Strict):
     evaluate: SeriesEvaluate = SeriesEvaluate()
     serving: SeriesServing = SeriesServing()
     training: TaskTraining = TaskTraining()
-    variants: Annotated[list[Variant], Field(min_length=1)]
+    variants: Variants
 
     @model_validator(mode="after")
     def _consistent(self) -> "TimeSeriesTask":
-        names = [v.name for v in self.variants]
-        if len(set(names)) != len(names):
-            raise ValueError(f"variant names must be unique, got {names}")
         if self.serving.min_history <= self.prepare.season and self.prepare.difference:
             raise ValueError("serving.min_history must exceed prepare.season when prepare.difference is true")
         return self
@@ -140,13 +148,10 @@ class TextTask(_Strict):
     prepare: TextPrepare = TextPrepare()
     serving: TextServing = TextServing()
     training: TaskTraining = TaskTraining()
-    variants: Annotated[list[Variant], Field(min_length=1)]
+    variants: Variants
 
     @model_validator(mode="after")
     def _consistent(self) -> "TextTask":
-        names = [v.name for v in self.variants]
-        if len(set(names)) != len(names):
-            raise ValueError(f"variant names must be unique, got {names}")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels must be unique, got {self.labels}")
         return self
@@ -162,6 +167,9 @@ class Training(_Strict):
     devices: int | Literal["auto"] = "auto"
     precision: Literal["32-true", "16-mixed", "bf16-mixed", "64-true"] = "32-true"
     num_threads: PositiveInt = 1
+    # Passed to Lightning's Trainer as they are: "auto", "ddp", "ddp_spawn", "fsdp", ...; nodes per variant.
+    strategy: Annotated[str, Field(min_length=1)] = "auto"
+    num_nodes: PositiveInt = 1
 
 
 class Clipping(_Strict):
@@ -193,8 +201,40 @@ class Promote(_Strict):
 
 
 class Serving(_Strict):
+    """`seqops serve`: where it listens and how the gateway (pipelines/gateway.py) guards the model."""
+
     host: str = "127.0.0.1"
     port: Annotated[int, Field(gt=0, lt=65536)] = 5055
+    workers: PositiveInt = 1              # uvicorn worker processes; each loads the model and polls on its own
+    concurrency: PositiveInt = 1          # requests one worker predicts at once (the rest queue)
+    threads: PositiveInt = 1              # torch intra-op threads per worker (2-core machines stall above 1)
+    max_body_bytes: PositiveInt = 2 * 1024 * 1024   # a larger request body gets a 413
+    request_timeout_s: Annotated[float, Field(gt=0.0)] = 10.0  # a slower request gets a 504
+    poll_interval_s: Annotated[float, Field(ge=0.0)] = 10.0    # how often `champion` is checked; 0: never
+
+
+class TaskRunner(_Strict):
+    """Where the variants of one retrain train: a Dask cluster (local unless `address`), or one at a time."""
+
+    kind: Literal["dask", "sequential"] = "dask"
+    address: str | None = None  # tcp://HOST:8786, an existing Dask scheduler; None starts a LocalCluster
+    n_workers: PositiveInt = 2  # LocalCluster worker processes (never more than the variants to train)
+    threads_per_worker: PositiveInt = 1
+
+
+class Schedule(_Strict):
+    cron: Annotated[str, Field(min_length=9)] = "0 3 * * *"
+    timezone: str = "UTC"
+
+
+class Orchestration(_Strict):
+    """Prefect around the stages: fan-out, retries of transient failures, one retrain per task at a time."""
+
+    task_runner: TaskRunner = TaskRunner()
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+    retry_delay_seconds: Annotated[float, Field(gt=0.0)] = 10.0  # first retry; doubles on each next one
+    concurrency: PositiveInt = 1  # retrains of one task at once (Prefect global concurrency limit retrain-<task>)
+    schedule: Schedule = Schedule()
 
 
 class Params(_Strict):
@@ -204,6 +244,7 @@ class Params(_Strict):
     diagnostics: Diagnostics = Diagnostics()
     promote: Promote = Promote()
     serving: Serving = Serving()
+    orchestration: Orchestration = Orchestration()
 
     def task(self, name: str) -> TimeSeriesTask | TextTask:
         """The named task, or a ConfigError that lists the tasks params.yaml defines."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -131,3 +133,56 @@ def rollback(root: Path, task: str) -> tuple[str, str]:
     client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
     client.set_model_version_tag(name, current, "rollback", f"champion moved back to v{previous}")
     return current, previous
+
+
+@dataclass(frozen=True)
+class Lineage:
+    name: str
+    version: str
+    aliases: list[str]
+    run_id: str
+    data_md5: str
+    git_sha: str
+    dvc_lock_md5: str
+    params: dict[str, str]
+    decision: str
+    data_committed: bool
+
+    def restore_commands(self) -> list[str]:
+        """How to get the exact training data back into a checkout."""
+        if not self.data_committed:
+            # data.dvc was modified but not committed when this model trained: its md5 is the only record.
+            return [f"sed -i 's/md5: .*\\.dir/md5: {self.data_md5}/' data.dvc", "dvc pull data.dvc"]
+        return [f"git checkout {self.git_sha} -- data.dvc", "dvc checkout data.dvc",
+                "dvc pull data.dvc   # when the cache does not hold it: fetch from the DVC remote"]
+
+
+def lineage(root: Path, task: str, version: str | None = None) -> Lineage:
+    """Model version -> training run -> data version -> code version -> params (default: the champion)."""
+    client = configure(root)
+    name = registered_name(task)
+    try:
+        model_version = (client.get_model_version(name, version) if version is not None
+                         else client.get_model_version_by_alias(name, CHAMPION))
+    except MlflowException:
+        which = f"version {version}" if version is not None else "a champion"
+        raise RegistryError(f"{name} has no {which}: see `seqops run` or the MLflow UI's Models page") from None
+    tags = model_version.tags
+    run = client.get_run(model_version.run_id)
+    data_md5, sha = tags.get("data.md5", "unknown"), tags.get("data.git_sha", "unknown")
+    return Lineage(
+        name=name, version=str(model_version.version), aliases=list(model_version.aliases),
+        run_id=model_version.run_id, data_md5=data_md5,
+        git_sha=sha, dvc_lock_md5=tags.get("dvc_lock.md5", "unknown"),
+        params=dict(sorted(run.data.params.items())),
+        decision=f"{tags.get('promotion.decision', 'unknown')}: {tags.get('promotion.reason', '')}",
+        data_committed=committed_data_md5(root, sha) == data_md5,
+    )
+
+
+def committed_data_md5(root: Path, sha: str) -> str | None:
+    """The md5 data.dvc records at commit `sha`, or None when git cannot show it."""
+    shown = subprocess.run(["git", "show", f"{sha}:data.dvc"], cwd=root, capture_output=True, text=True)
+    if shown.returncode != 0:
+        return None
+    return yaml.safe_load(shown.stdout)["outs"][0]["md5"]

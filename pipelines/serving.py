@@ -75,17 +75,23 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         self.limits = spec["serving"]
         self.version = registered_version(spec.get("run_id"))
 
-    def _history(self, row: pd.Series, index: int) -> np.ndarray:
+    def _history(self, row: dict[str, Any], index: int) -> np.ndarray:
         columns = ["history", *self.transform.columns[1:]]
         series = []
         for column in columns:
             value = row.get(column)
-            if value is None or (np.ndim(value) == 0 and pd.isna(value)):
+            if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
                 raise _bad(f"record {index}: field {column!r} is required (a list of numbers)")
+            if not isinstance(value, (list, tuple, np.ndarray)):
+                raise _bad(f"record {index}: field {column!r} must be a list of numbers, got {type(value).__name__}")
+            if any(isinstance(v, (bool, str, bytes)) for v in value):  # numpy would turn true / "1.5" into numbers
+                raise _bad(f"record {index}: field {column!r} must be a list of numbers (no strings or booleans)")
             try:
                 values = np.asarray(list(value), dtype=np.float64)
             except (TypeError, ValueError):
                 raise _bad(f"record {index}: field {column!r} must be a list of numbers") from None
+            if values.ndim != 1:
+                raise _bad(f"record {index}: field {column!r} must be a flat list of numbers, not nested lists")
             if not np.isfinite(values).all():
                 raise _bad(f"record {index}: field {column!r} contains NaN or infinite values")
             series.append(values)
@@ -117,19 +123,26 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         horizon = self._horizon(params)
         results = []
         for index, row in enumerate(model_input.to_dict("records")):
-            values = self._history(pd.Series(row), index)
+            values = self._history(row, index)
             inputs = torch.from_numpy(self.transform.to_inputs(values)).unsqueeze(0)  # [1, T, F]
             with torch.no_grad():
                 predicted = self.network.forecast(inputs, horizon)  # [1, H, 1]
             forecast = self.transform.to_target(predicted[0, :, 0].numpy(), float(values[-1, 0]))
-            series_id = row.get("series_id")
             results.append({
-                "series_id": "main" if series_id is None or (isinstance(series_id, float) and math.isnan(series_id))
-                else str(series_id),
+                "series_id": _series_id(row.get("series_id"), index),
                 "forecast": [float(v) for v in forecast],
                 "model_version": self.version,
             })
         return pd.DataFrame(results)
+
+
+def _series_id(value: Any, index: int) -> str:
+    """The optional series_id as a string ("main" when absent); a list, object or boolean is refused."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "main"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, int, np.integer)):
+        raise _bad(f"record {index}: field 'series_id' must be a string, got {type(value).__name__}")
+    return str(value)
 
 
 def forecast_signature(covariates: list[str], default_horizon: int) -> ModelSignature:
@@ -166,6 +179,8 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
             raise _bad(f"{len(model_input)} records in one request; at most {self.limits['max_records']} are accepted")
         limit, texts = self.limits["max_text_length"], []
         for index, text in enumerate(model_input["text"].tolist()):
+            if text is None or (isinstance(text, float) and math.isnan(text)):
+                raise _bad(f"record {index}: field 'text' is required (a non-empty string)")
             if not isinstance(text, str):
                 raise _bad(f"record {index}: field 'text' must be a string, got {type(text).__name__}")
             if not text.strip():

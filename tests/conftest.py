@@ -33,6 +33,16 @@ TINY_FORECAST = {
     "variants": [{"name": "lstm", "cell": "lstm", "hidden_size": 8, "k1": 26, "k2": 26, "lr": 0.01}],
 }
 
+TINY_SENTIMENT = {
+    "kind": "text",
+    "source": "builtin:tweets",
+    "labels": ["negative", "neutral", "positive"],
+    "prepare": {"validation": 0.05, "holdout": 0.05, "min_freq": 5, "max_vocab": 2000, "max_length": 24},
+    "serving": {"max_text_length": 280, "over_length": "reject", "max_records": 100},
+    "training": {"max_epochs": 1, "batch_size": 256},
+    "variants": [{"name": "gru", "cell": "gru", "hidden_size": 8, "embedding_dim": 8, "lr": 0.01}],
+}
+
 
 def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout

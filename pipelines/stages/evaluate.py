@@ -12,7 +12,6 @@ promotion, on the same holdout.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,11 +20,12 @@ import numpy as np
 import pandas as pd
 
 from pipelines.baselines import tfidf_logreg_baseline
-from pipelines.config import Params, TextTask, TimeSeriesTask, load_params
+from pipelines.config import Params, TextTask, TimeSeriesTask
 from pipelines.features import seasonal_naive
 from pipelines.metrics import classification_metrics
-from pipelines.paths import metrics_file, prepared_dir, project_root, train_record
+from pipelines.paths import metrics_file, prepared_dir, train_record
 from pipelines.plots import log_confusion_matrix, log_forecast_plot
+from pipelines.stages import run_stage_main
 from pipelines.tracking import configure
 
 Forecaster = Callable[[pd.DataFrame, int], list[np.ndarray]]
@@ -89,8 +89,10 @@ def score_series(spec: TimeSeriesTask, series: pd.DataFrame, forecaster: Forecas
 
 def score_texts(spec: TextTask, texts: pd.DataFrame, model: Any, segment: str = "holdout") -> dict[str, Any]:
     """Classification metrics of a sentiment pyfunc on `segment` (confusion matrix kept aside for the plot)."""
-    part = texts[texts["split"] == segment]["text"].tolist()
-    size = spec.serving.max_records  # the pyfunc refuses bigger requests, as the REST endpoint does
+    # The pyfunc refuses what the REST endpoint refuses: requests over max_records, and (by default)
+    # texts over max_text_length characters, which a corpus may hold; score those on their prefix.
+    part = [text[:spec.serving.max_text_length] for text in texts.loc[texts["split"] == segment, "text"]]
+    size = spec.serving.max_records
     predicted = [label for start in range(0, len(part), size)
                  for label in model.predict(pd.DataFrame({"text": part[start:start + size]}))["label"]]
     truth = texts.loc[texts["split"] == segment, "label"].tolist()
@@ -170,11 +172,5 @@ def best_variant(results: dict[str, dict[str, float]], key: str, goal: str) -> s
     return min(results, key=lambda v: (np.nan_to_num(sign * results[v][key], nan=np.inf), v))
 
 
-def main(task: str) -> None:
-    root = project_root()
-    out = evaluate_task(root, task, load_params(root / "params.yaml"))
-    print(f"evaluate@{task}: wrote {out.relative_to(root)}")
-
-
 if __name__ == "__main__":
-    main(sys.argv[1])
+    run_stage_main("evaluate", evaluate_task)

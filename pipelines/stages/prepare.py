@@ -9,16 +9,16 @@ splits.json.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipelines.config import Params, TextTask, TimeSeriesTask, load_params
+from pipelines.config import Params, TextTask, TimeSeriesTask
 from pipelines.features import SeriesTransform, Vocabulary, stratified_split
 from pipelines.ingest import raw_path, write_atomic
-from pipelines.paths import prepared_dir, project_root
+from pipelines.paths import prepared_dir
+from pipelines.stages import run_stage_main
 from pipelines.validate import ValidationError, fill_gaps
 
 
@@ -80,11 +80,5 @@ def prepare(root: Path, task: str, params: Params) -> Path:
     return prepare_timeseries(root, task, params)
 
 
-def main(task: str) -> None:
-    root = project_root()
-    out = prepare(root, task, load_params(root / "params.yaml"))
-    print(f"prepare@{task}: wrote {out.relative_to(root)}")
-
-
 if __name__ == "__main__":
-    main(sys.argv[1])
+    run_stage_main("prepare", prepare)

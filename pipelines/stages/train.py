@@ -8,7 +8,6 @@ evaluate and promote know which runs and logged models this retrain produced.
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,12 @@ import torch
 from pytorch_lightning.loggers import MLFlowLogger
 
 from models import GradientHealth, ModelConfig, SequenceModel
-from pipelines.config import Params, TextTask, TimeSeriesTask, Variant, load_params
+from pipelines.config import Params, TextTask, TimeSeriesTask, Variant
 from pipelines.datamodules import SeriesDataModule, TextDataModule
-from pipelines.paths import prepared_dir, project_root, tracking_uri, train_record
+from pipelines.paths import prepared_dir, tracking_uri, train_record
 from pipelines.plots import log_gradient_health, log_loss_curves
-from pipelines.serving import (ForecastModel, SentimentModel, forecast_signature, log_pyfunc,
-                               sentiment_signature)
+from pipelines.serving import ForecastModel, SentimentModel, forecast_signature, log_pyfunc, sentiment_signature
+from pipelines.stages import run_stage_main
 from pipelines.tracking import child_run, parent_run
 from pipelines.versioning import data_version
 
@@ -84,6 +83,8 @@ def trainer_for(params: Params, spec: TimeSeriesTask | TextTask, run_id: str, ro
         max_epochs=spec.training.max_epochs,
         accelerator=params.training.accelerator,
         devices=params.training.devices,
+        num_nodes=params.training.num_nodes,
+        strategy=params.training.strategy,
         precision=params.training.precision,
         logger=RunLogger(run_id=run_id, tracking_uri=tracking_uri(root)),
         callbacks=[EpochProgress(label), health],
@@ -190,17 +191,16 @@ def train_task(root: Path, task: str, params: Params) -> Path:
             print(f"train@{task}: variant {variant.name} ({variant.cell}, hidden {variant.hidden_size}, "
                   f"layers {variant.num_layers}, {variant.topology or spec.topology})", flush=True)
             results.append(train_variant(root, task, params, variant, adapter, Path(tmp)))
+    return write_record(root, task, parent_id, results)
+
+
+def write_record(root: Path, task: str, parent_id: str, results: list[dict[str, Any]]) -> Path:
+    """artifacts/<task>/train.json: the retrain's parent run and one entry per variant (the stage's output)."""
     record = train_record(root, task)
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"task": task, "parent_run_id": parent_id, "variants": results}, indent=2))
     return record
 
 
-def main(task: str) -> None:
-    root = project_root()
-    record = train_task(root, task, load_params(root / "params.yaml"))
-    print(f"train@{task}: wrote {record.relative_to(root)}")
-
-
 if __name__ == "__main__":
-    main(sys.argv[1])
+    run_stage_main("train", train_task)

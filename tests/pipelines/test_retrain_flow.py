@@ -13,19 +13,20 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines.server import ScoringServer
-from tests.conftest import TINY_FORECAST, make_project
+from tests.conftest import TINY_FORECAST, TINY_SENTIMENT, make_project
 
 
 @pytest.fixture(scope="module")
 def trained(prefect_harness, tmp_path_factory: pytest.TempPathFactory):
     patch = pytest.MonkeyPatch()
-    root = make_project(tmp_path_factory.mktemp("trained") / "project", {"forecast": TINY_FORECAST})
+    root = make_project(tmp_path_factory.mktemp("trained") / "project",
+                        {"forecast": TINY_FORECAST, "sentiment": TINY_SENTIMENT})
     uri = f"sqlite:///{root / '.seqops' / 'mlflow.db'}"
     patch.setenv("SEQOPS_ROOT", str(root))
     patch.setenv("MLFLOW_TRACKING_URI", uri)
     from pipelines.flows import retrain
 
-    summary = retrain(tasks=["forecast"], root=str(root))
+    summary = retrain(root=str(root))
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     yield root, summary, MlflowClient(uri, uri)
@@ -36,9 +37,10 @@ def test_flow_run_completes_and_promotes_the_first_model(trained) -> None:
     from prefect.client.orchestration import get_client
 
     _, summary, _ = trained
-    decision = summary["forecast"]["decision"]
-    assert summary["forecast"]["trained"] is True
-    assert decision["promoted"] is True and decision["version"] == "1"
+    for task in ("forecast", "sentiment"):
+        decision = summary[task]["decision"]
+        assert summary[task]["trained"] is True
+        assert decision["promoted"] is True and decision["version"] == "1"
     with get_client(sync_client=True) as client:
         runs = [r for r in client.read_flow_runs() if r.name and r.state_name]
     assert any(r.state.is_completed() for r in runs)
@@ -88,16 +90,26 @@ def test_unchanged_data_and_params_skip_retraining(trained) -> None:
     root, _, _ = trained
     from pipelines.flows import retrain
 
-    again = retrain(tasks=["forecast"], root=str(root))
-    assert again["forecast"]["trained"] is False and again["forecast"]["decision"] is None
+    again = retrain(root=str(root))
+    for task in ("forecast", "sentiment"):
+        assert again[task]["trained"] is False and again[task]["decision"] is None
+
+
+def _serve(root: Path, task: str, tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("server") / f"serve-{task}.log"
+    return ScoringServer(f"models:/seqops-{task}@champion", f"sqlite:///{root / '.seqops' / 'mlflow.db'}",
+                         log_path=log)
 
 
 @pytest.fixture(scope="module")
 def server(trained, tmp_path_factory: pytest.TempPathFactory):
-    root, _, _ = trained
-    log = tmp_path_factory.mktemp("server") / "serve.log"
-    with ScoringServer("models:/seqops-forecast@champion", f"sqlite:///{root / '.seqops' / 'mlflow.db'}",
-                       log_path=log) as running:
+    with _serve(trained[0], "forecast", tmp_path_factory) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def sentiment_server(trained, tmp_path_factory: pytest.TempPathFactory):
+    with _serve(trained[0], "sentiment", tmp_path_factory) as running:
         yield running
 
 
@@ -111,6 +123,7 @@ def test_rest_forecast_from_a_raw_history(server: ScoringServer) -> None:
     assert response.status_code == 200, response.text
     prediction = response.json()["predictions"][0]
     assert prediction["series_id"] == "mlo" and len(prediction["forecast"]) == 4
+    assert prediction["model_version"] == "1"
 
 
 @pytest.mark.parametrize("record, params, message", [
@@ -123,5 +136,43 @@ def test_rest_forecast_from_a_raw_history(server: ScoringServer) -> None:
 ])
 def test_bad_forecast_requests_get_400_with_a_message(server: ScoringServer, record, params, message) -> None:
     response = _post(server, {"dataframe_records": [record], "params": params})
+    assert response.status_code == 400, response.text
+    assert message in response.json()["message"]
+
+
+def test_sentiment_variant_is_compared_with_the_tfidf_baseline(trained) -> None:
+    _, _, client = trained
+    experiment = client.get_experiment_by_name("seqops-sentiment")
+    child = next(r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("mlflow.parentRunId"))
+    for key in ("holdout_accuracy", "holdout_macro_f1", "holdout_baseline_macro_f1", "holdout_recall_positive",
+                "holdout_precision_negative", "validation_macro_f1"):
+        assert key in child.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
+    assert {"plots/confusion_matrix.png", "plots/gradient_health.png", "plots/loss_curves.png"} <= artifacts
+    assert child.data.params["topology"] == "many_to_one" and child.data.params["head"] == "multiclass"
+
+
+def test_rest_sentiment_scores_raw_strings(sentiment_server: ScoringServer) -> None:
+    response = _post(sentiment_server, {"dataframe_records": [{"text": "I love this airline"}, {"text": "worst. flight. ever."}]})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 2
+    for p in predictions:
+        assert p["label"] in ("negative", "neutral", "positive")
+        assert set(p["scores"]) == {"negative", "neutral", "positive"}
+        assert abs(sum(p["scores"].values()) - 1.0) < 1e-5 and p["score"] == max(p["scores"].values())
+        assert p["model_version"] == "1"
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"dataframe_records": [{"text": ""}]}, "record 0: field 'text' is empty"),
+    ({"dataframe_records": [{"text": "   "}]}, "record 0: field 'text' is empty"),
+    ({"dataframe_records": [{"text": "ok"}, {"text": 42}]}, "text"),
+    ({"dataframe_records": [{"tweet": "hello"}]}, "text"),
+    ({"dataframe_records": [{"text": "x" * 281}]}, "record 0: field 'text' has 281 characters; at most 280"),
+    ({"dataframe_records": [{"text": "hi"}] * 101}, "101 records in one request; at most 100"),
+])
+def test_bad_sentiment_requests_get_400_with_a_message(sentiment_server: ScoringServer, body, message) -> None:
+    response = _post(sentiment_server, body)
     assert response.status_code == 400, response.text
     assert message in response.json()["message"]

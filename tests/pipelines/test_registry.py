@@ -1,0 +1,123 @@
+"""The promotion gate, rollback and lineage, on a real MLflow store and registry."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import mlflow
+import pytest
+from typer.testing import CliRunner
+
+from pipelines import registry, versioning
+from pipelines.config import load_params
+from pipelines.ingest import ingest
+from pipelines.paths import metrics_file, train_record
+from pipelines.tracking import configure, ensure_experiment
+
+
+class _Constant(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+@pytest.fixture
+def store(project: Path) -> Path:
+    ingest("forecast", load_params(project / "params.yaml"), project)
+    versioning.track(project)
+    configure(project)
+    return project
+
+
+def _candidate(root: Path, holdout_mae: float) -> None:
+    """A retrain's outputs as evaluate leaves them: one logged model and its holdout score."""
+    with mlflow.start_run(experiment_id=ensure_experiment("forecast", root)) as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=_Constant(), pip_requirements=["mlflow"])
+    train_record(root, "forecast").parent.mkdir(parents=True, exist_ok=True)
+    train_record(root, "forecast").write_text(json.dumps({"variants": [
+        {"variant": "lstm", "run_id": run.info.run_id, "model_uri": info.model_uri, "val_loss": 0.1}]}))
+    metrics_file(root, "forecast").parent.mkdir(parents=True, exist_ok=True)
+    metrics_file(root, "forecast").write_text(json.dumps({"best_variant": "lstm", "variants": {"lstm": {"mae": holdout_mae}}}))
+
+
+def _promote(root: Path, candidate: float, champion: float, min_improvement: float = 0.0) -> registry.Decision:
+    _candidate(root, candidate)
+    params = load_params(root / "params.yaml", overrides=[f"promote.min_improvement={min_improvement}"])
+    return registry.promote(root, "forecast", params, rescore=lambda uri: champion)
+
+
+def _champion(root: Path) -> str | None:
+    return registry.champion_version(configure(root), "seqops-forecast")
+
+
+def test_first_candidate_becomes_champion(store: Path) -> None:
+    decision = _promote(store, candidate=1.0, champion=math.nan)
+    assert decision.promoted and decision.champion_version is None
+    assert _champion(store) == "1"
+
+
+def test_better_candidate_is_promoted_and_the_decision_is_tagged(store: Path) -> None:
+    _promote(store, candidate=1.0, champion=math.nan)
+    decision = _promote(store, candidate=0.8, champion=1.0)
+    assert decision.promoted and _champion(store) == "2"
+    tags = configure(store).get_model_version("seqops-forecast", "2").tags
+    assert tags["promotion.decision"] == "promoted"
+    assert tags["promotion.candidate_score"] == "0.8" and tags["promotion.champion_score"] == "1.0"
+    assert tags["data.md5"] == versioning.data_version(store).md5
+
+
+@pytest.mark.parametrize("candidate, champion, margin", [
+    (1.2, 1.0, 0.0),      # worse
+    (0.97, 1.0, 0.05),    # better, but within the required margin
+    (1.0, 1.0, 0.0),      # a tie is not an improvement
+    (math.nan, 1.0, 0.0), # a diverged candidate
+])
+def test_champion_stays_when_the_candidate_has_not_earned_it(store: Path, candidate, champion, margin) -> None:
+    _promote(store, candidate=1.0, champion=math.nan)
+    decision = _promote(store, candidate=candidate, champion=champion, min_improvement=margin)
+    assert not decision.promoted
+    assert _champion(store) == "1"
+    client = configure(store)
+    assert str(client.get_model_version_by_alias("seqops-forecast", "challenger").version) == "2"
+    assert client.get_model_version("seqops-forecast", "2").tags["promotion.decision"] == "rejected"
+
+
+def test_maximized_metrics_promote_in_their_own_direction() -> None:
+    assert registry.decide(0.80, 0.75, 0.0, "maximize")[0]
+    assert not registry.decide(0.76, 0.75, 0.05, "maximize")[0]
+
+
+def test_rollback_returns_champion_to_the_previous_version(store: Path) -> None:
+    _promote(store, candidate=1.0, champion=math.nan)
+    _promote(store, candidate=0.5, champion=1.0)
+    assert registry.rollback(store, "forecast") == ("2", "1")
+    assert _champion(store) == "1"
+    with pytest.raises(registry.RegistryError, match="no earlier champion"):
+        registry.rollback(store, "forecast")
+
+
+def test_rollback_without_champion_is_a_clear_error(store: Path) -> None:
+    with pytest.raises(registry.RegistryError, match="no champion"):
+        registry.rollback(store, "forecast")
+
+
+def test_lineage_traces_version_to_run_data_and_code(store: Path) -> None:
+    _promote(store, candidate=1.0, champion=math.nan)
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["lineage", "forecast"])
+    assert result.exit_code == 0, result.output
+    version = versioning.data_version(store)
+    assert "seqops-forecast v1 (challenger, champion)" in result.output
+    assert f"md5 {version.md5}" in result.output and f"git {version.git_sha}" in result.output
+    assert "git checkout" not in result.output  # data.dvc was never committed in this project
+    assert f"md5: {version.md5}" in result.output and "dvc pull data.dvc" in result.output
+
+
+def test_lineage_of_a_missing_version_says_so(store: Path) -> None:
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["lineage", "forecast", "--version", "7"])
+    assert result.exit_code == 2
+    assert "seqops-forecast has no version 7" in result.output

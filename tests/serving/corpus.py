@@ -1,0 +1,164 @@
+"""Bad requests for each task: every one must get a 4xx whose message names the problem.
+
+A case is (id, body, content type, expected status, a phrase the message must contain). The
+limits are those of bench.fixtures (forecast: history 53..5000 values, horizon 1..104; sentiment:
+texts up to 1000 characters, 100 records) and params.yaml's serving.max_body_bytes (2 MiB).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+JSON = "application/json"
+NO_TYPE = None  # the header is left out
+TEN_MB = 10 * 1024 * 1024
+HISTORY = [330.0 + 0.05 * i for i in range(60)]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    body: bytes
+    content_type: str | None
+    status: int
+    message: str
+    chunked: bool = False  # sent without Content-Length
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _records(*records: dict, params: dict | None = None) -> bytes:
+    body: dict[str, Any] = {"dataframe_records": list(records)}
+    if params is not None:
+        body["params"] = params
+    return _json(body)
+
+
+def _history(raw: str) -> bytes:
+    """A forecast request whose history is the raw JSON text given (for NaN, Infinity, 1e999)."""
+    return ('{"dataframe_records": [{"history": [' + ", ".join([raw] + ["330.0"] * 59) + "]}]}").encode()
+
+
+def envelope_cases(good: dict) -> list[Case]:
+    """What is wrong with the request itself, whatever the model."""
+    one = _json({"dataframe_records": [good]})
+    return [
+        Case("malformed-json", b'{"dataframe_records": [', JSON, 400, "not valid JSON"),
+        Case("trailing-garbage", one + b" xyz", JSON, 400, "not valid JSON"),
+        Case("empty-body", b"", JSON, 400, "body is empty"),
+        Case("whitespace-body", b"  \n ", NO_TYPE, 400, "body is empty"),
+        Case("json-list", b"[1, 2]", JSON, 400, "must be a JSON object"),
+        Case("json-string", b'"dataframe_records"', JSON, 400, "must be a JSON object"),
+        Case("json-null", b"null", NO_TYPE, 400, "must be a JSON object"),
+        Case("not-utf8", b'{"dataframe_records": [{"x": "\xff\xfe"}]}', JSON, 400, "not UTF-8"),
+        Case("deeply-nested", b"[" * 5000 + b"]" * 5000, JSON, 400, "nested too deeply"),
+        Case("no-input-key", _json({"params": {}}), JSON, 400, "needs exactly one of"),
+        Case("two-input-keys", _json({"dataframe_records": [good], "instances": [good]}), JSON, 400,
+             "needs exactly one of"),
+        Case("unknown-top-level-key", _json({"dataframe_records": [good], "extra": 1}), JSON, 400,
+             "unknown top-level key 'extra'"),
+        Case("mlflow-1-format", _json({"columns": list(good), "data": [list(good.values())]}), JSON, 400,
+             "unknown top-level key 'columns'"),
+        Case("records-not-a-list", _json({"dataframe_records": good}), JSON, 400, "must be a list of records"),
+        Case("records-empty", _json({"dataframe_records": []}), JSON, 400, "dataframe_records is empty"),
+        Case("record-not-an-object", _json({"dataframe_records": [[1, 2]]}), JSON, 400,
+             "dataframe_records[0] must be a JSON object"),
+        Case("split-missing-data", _json({"dataframe_split": {"columns": list(good)}}), JSON, 400,
+             "must be an object with 'columns'"),
+        Case("split-ragged-row", _json({"dataframe_split": {"columns": list(good), "data": [[]]}}), JSON, 400,
+             f"dataframe_split.data[0] must be a list of {len(good)} values"),
+        Case("split-unknown-column", _json({"dataframe_split": {"columns": ["foo"], "data": [[1]]}}), JSON, 400,
+             "unknown field 'foo'"),
+        Case("params-not-an-object", _json({"dataframe_records": [good], "params": [12]}), JSON, 400,
+             "params must be a JSON object"),
+        Case("body-10mb", b"{" + b" " * TEN_MB + b"}", JSON, 413, "at most 2097152"),
+        Case("body-10mb-chunked", b"{" + b" " * TEN_MB + b"}", JSON, 413, "at most 2097152", chunked=True),
+        Case("content-type-text-plain", one, "text/plain", 415, "is not supported"),
+        Case("content-type-xml", b"<records><history>1</history></records>", "application/xml", 415,
+             "is not supported"),
+        Case("content-type-multipart", one, "multipart/form-data; boundary=x", 415, "is not supported"),
+        Case("charset-latin-1", one, "application/json; charset=latin-1", 415, "charset 'latin-1'"),
+        Case("parquet-garbage", b"PAR1 not really parquet", "application/vnd.apache.parquet", 400,
+             "Failed to parse input"),
+    ]
+
+
+def forecast_cases() -> list[Case]:
+    good = {"series_id": "a", "history": HISTORY}
+    h = HISTORY
+    cases = [
+        Case("missing-history", _records({"series_id": "a"}), JSON, 400, "'history' field"),
+        Case("wrong-column-name", _records({"values": h}), JSON, 400, "unknown field 'values'"),
+        Case("extra-column", _records({"history": h, "unit": "ppm"}), JSON, 400, "unknown field 'unit'"),
+        Case("ragged-records", _records({"history": h}, {"series_id": "b"}), JSON, 400,
+             "record 1: field 'history' is required"),
+        Case("history-csv-string", _records({"history": "330.1,330.2"}), JSON, 400, "must be a list of numbers"),
+        Case("history-digit-string", _records({"history": "3" * 60}), JSON, 400, "must be a list of numbers"),
+        Case("history-number", _records({"history": 330.0}), JSON, 400, "must be a list of numbers"),
+        Case("history-object", _records({"history": {"a": 1.0}}), JSON, 400, "must be a list of numbers"),
+        Case("history-null", _records({"history": None}), JSON, 400, "'history' is required"),
+        Case("history-words", _records({"history": ["a"] * 60}), JSON, 400, "must be a list of numbers"),
+        Case("history-numeric-strings", _records({"history": ["330.0"] * 60}), JSON, 400, "no strings"),
+        Case("history-booleans", _records({"history": [True] * 60}), JSON, 400, "no strings or booleans"),
+        Case("history-null-value", _records({"history": h[:30] + [None] + h[31:]}), JSON, 400, "NaN or infinite"),
+        Case("history-nan", _history("NaN"), JSON, 400, "NaN or infinite"),
+        Case("history-infinity", _history("-Infinity"), JSON, 400, "NaN or infinite"),
+        Case("history-overflow", _history("1e999"), JSON, 400, "NaN or infinite"),
+        Case("history-nested", _records({"history": [[v, v] for v in h]}), JSON, 400, "flat list"),
+        Case("history-ragged", _records({"history": [[1.0], [1.0, 2.0]] + h}), JSON, 400, "list of numbers"),
+        Case("history-empty", _records({"history": []}), JSON, 400, "history has 0 values; at least 53"),
+        Case("history-too-short", _records({"history": h[:10]}), JSON, 400, "history has 10 values; at least 53"),
+        Case("history-too-long", _records({"history": [330.0] * 5001}), JSON, 400,
+             "history has 5001 values; at most 5000"),
+        Case("horizon-zero", _records(good, params={"horizon": 0}), JSON, 400, "between 1 and 104, got 0"),
+        Case("horizon-negative", _records(good, params={"horizon": -3}), JSON, 400, "between 1 and 104, got -3"),
+        Case("horizon-huge", _records(good, params={"horizon": 10**12}), JSON, 400, "between 1 and 104"),
+        Case("horizon-beyond-int64", _records(good, params={"horizon": 10**30}), JSON, 400, "between 1 and 104"),
+        Case("horizon-fraction", _records(good, params={"horizon": 2.5}), JSON, 400, "must be an integer"),
+        Case("horizon-string", _records(good, params={"horizon": "12"}), JSON, 400, "must be an integer"),
+        Case("horizon-boolean", _records(good, params={"horizon": True}), JSON, 400, "must be an integer"),
+        Case("horizon-null", _records(good, params={"horizon": None}), JSON, 400, "must be an integer"),
+        Case("unknown-param", _records(good, params={"horizn": 3}), JSON, 400, "unknown param 'horizn'"),
+        Case("columnar-ragged", _json({"inputs": {"series_id": ["a", "b"], "history": [h]}}), JSON, 400,
+             "different lengths"),
+        Case("series-id-list", _records({"series_id": ["a"], "history": h}), JSON, 400,
+             "'series_id' must be a string"),
+        Case("csv-cannot-carry-history", b"series_id,history\na,330.0\n", "text/csv", 415,
+             "cannot carry the list field(s) history"),
+    ]
+    return envelope_cases(good) + cases
+
+
+def sentiment_cases() -> list[Case]:
+    good = {"text": "what a lovely flight"}
+    cases = [
+        Case("missing-text", _records({}), JSON, 400, "'text' field"),
+        Case("wrong-column-name", _records({"review": "great"}), JSON, 400, "unknown field 'review'"),
+        Case("extra-column", _records({"text": "great", "label": "positive"}), JSON, 400, "unknown field 'label'"),
+        Case("ragged-records", _records(good, {}), JSON, 400, "record 1: field 'text' is required"),
+        Case("text-null", _records({"text": None}), JSON, 400, "record 0: field 'text' is required"),
+        Case("text-number", _records({"text": 42}), JSON, 400, "'text' must be a string, got int"),
+        Case("text-list", _records({"text": ["great"]}), JSON, 400, "'text' must be a string, got list"),
+        Case("text-object", _records({"text": {"body": "great"}}), JSON, 400, "'text' must be a string, got dict"),
+        Case("text-boolean", _records({"text": True}), JSON, 400, "'text' must be a string, got bool"),
+        Case("text-nan", b'{"dataframe_records": [{"text": NaN}]}', JSON, 400, "field 'text' is required"),
+        Case("text-infinity", b'{"dataframe_records": [{"text": Infinity}]}', JSON, 400,
+             "'text' must be a string, got float"),
+        Case("text-empty", _records({"text": ""}), JSON, 400, "record 0: field 'text' is empty"),
+        Case("text-whitespace", _records({"text": " \n\t "}), JSON, 400, "field 'text' is empty"),
+        Case("text-too-long", _records({"text": "a" * 1001}), JSON, 400, "1001 characters; at most 1000"),
+        Case("text-1mb", _records({"text": "spam " * 200_000}), JSON, 400, "1000000 characters; at most 1000"),
+        Case("too-many-records", _records(*[good] * 101), JSON, 400, "101 records in one request; at most 100"),
+        Case("params-for-a-model-without-params", _records(good, params={"horizon": 3}), JSON, 400,
+             "unknown param 'horizon': this model takes no params"),
+        Case("columnar-scalar", _json({"inputs": {"text": "great"}}), JSON, 400, "inputs.text must be a list"),
+        Case("csv-extra-column", b"text,label\ngreat,positive\n", "text/csv", 400, "unknown field 'label'"),
+        Case("csv-wrong-column", b"review\ngreat\n", "text/csv", 400, "unknown field 'review'"),
+        Case("csv-empty", b"", "text/csv", 400, "Failed to parse input"),
+        Case("csv-no-rows", b"text\n", "text/csv", 400, "no records to score"),
+    ]
+    return envelope_cases(good) + cases

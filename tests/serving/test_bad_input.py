@@ -1,0 +1,59 @@
+"""The bad-input corpus against real `seqops serve` processes: every bad request gets a 4xx whose
+message names the problem, and the server stays healthy and keeps answering good requests."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import httpx
+import pytest
+
+from tests.serving.conftest import GOOD_FORECAST, GOOD_SENTIMENT
+from tests.serving.corpus import Case, forecast_cases, sentiment_cases
+
+
+def _send(http: httpx.Client, url: str, case: Case) -> httpx.Response:
+    headers = {} if case.content_type is None else {"Content-Type": case.content_type}
+    if case.chunked:
+        def chunks() -> Iterator[bytes]:
+            for start in range(0, len(case.body), 1 << 20):
+                yield case.body[start:start + (1 << 20)]
+        return http.post(f"{url}/invocations", content=chunks(), headers=headers)
+    return http.post(f"{url}/invocations", content=case.body, headers=headers)
+
+
+def _check(response: httpx.Response, case: Case) -> None:
+    assert response.status_code == case.status, f"{case.id}: {response.status_code} {response.text[:500]}"
+    message = response.json()["message"]
+    assert case.message in message, f"{case.id}: {message[:500]}"
+    assert response.headers["x-model-version"] == "1"
+
+
+def test_the_corpus_has_at_least_30_payloads_per_task() -> None:
+    assert len(forecast_cases()) >= 30 and len(sentiment_cases()) >= 30
+
+
+@pytest.mark.parametrize("case", forecast_cases(), ids=lambda c: c.id)
+def test_bad_forecast_request_gets_a_4xx_naming_the_problem(forecast_server, http, case: Case) -> None:
+    _check(_send(http, forecast_server.url, case), case)
+
+
+@pytest.mark.parametrize("case", sentiment_cases(), ids=lambda c: c.id)
+def test_bad_sentiment_request_gets_a_4xx_naming_the_problem(sentiment_server, http, case: Case) -> None:
+    _check(_send(http, sentiment_server.url, case), case)
+
+
+def test_wrong_method_gets_405(forecast_server, http) -> None:
+    response = http.get(f"{forecast_server.url}/invocations")
+    assert response.status_code == 405 and "use POST" in response.json()["message"]
+
+
+@pytest.mark.parametrize("task, body", [("forecast", GOOD_FORECAST), ("sentiment", GOOD_SENTIMENT)])
+def test_servers_are_healthy_after_the_corpus(servers, http, task: str, body: dict) -> None:
+    url = servers[task].wait_ready().url
+    assert http.get(f"{url}/health").json()["status"] == "ok"
+    response = http.post(f"{url}/invocations", json=body)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == len(body["dataframe_records"])
+    metrics = http.get(f"{url}/metrics").text
+    assert 'status="500"' not in metrics

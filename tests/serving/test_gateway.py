@@ -1,0 +1,182 @@
+"""What the gateway adds to MLflow's scoring app: Content-Type default, model version on every
+response, /health /version /metrics, request timeout, reload safety, and the same predictions as
+MLflow's own scoring path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import pytest
+from mlflow.pyfunc import scoring_server
+
+from bench.fixtures import store_uri
+from bench.servers import thread_env
+from pipelines.gateway import Gateway, GatewayConfig, Served, load_served
+from pipelines.invocations import ModelInputs, invoke
+from tests.serving.conftest import GOOD_FORECAST, GOOD_SENTIMENT
+
+OK_COUNT = re.compile(r'^seqops_http_requests_total\{method="POST",route="/invocations",status="200"\} (\S+)$', re.M)
+
+
+def _ok_count(http: httpx.Client, url: str) -> float:
+    found = OK_COUNT.search(http.get(f"{url}/metrics").text)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_request_without_content_type_gets_a_prediction_and_metrics_count_it(forecast_server, http) -> None:
+    before = _ok_count(http, forecast_server.url)
+    response = http.post(f"{forecast_server.url}/invocations", content=json.dumps(GOOD_FORECAST).encode())
+    assert "content-type" not in response.request.headers
+    assert response.status_code == 200, response.text
+    prediction = response.json()["predictions"][0]
+    assert prediction["series_id"] == "mlo" and len(prediction["forecast"]) == 4
+    assert prediction["model_version"] == "1" and response.headers["x-model-version"] == "1"
+    assert _ok_count(http, forecast_server.url) == before + 1
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.parametrize("header", [["-H", "Content-Type:"], []], ids=["no-header", "curl-default-form-type"])
+def test_plain_curl_gets_a_prediction(forecast_server, header: list[str]) -> None:
+    out = subprocess.run(["curl", "-s", "-X", "POST", f"{forecast_server.url}/invocations", *header,
+                          "-d", json.dumps(GOOD_FORECAST)], capture_output=True, text=True, timeout=30)
+    assert len(json.loads(out.stdout)["predictions"][0]["forecast"]) == 4, out.stdout
+
+
+def test_sentiment_answers_json_and_csv(sentiment_server, http) -> None:
+    by_json = http.post(f"{sentiment_server.url}/invocations", json=GOOD_SENTIMENT).json()["predictions"]
+    by_csv = http.post(f"{sentiment_server.url}/invocations", content=b"text\nwhat a lovely flight\nmy bag is lost\n",
+                       headers={"Content-Type": "text/csv"})
+    assert by_csv.status_code == 200, by_csv.text
+    assert [p["label"] for p in by_csv.json()["predictions"]] == [p["label"] for p in by_json]
+    assert set(by_json[0]["scores"]) == {"negative", "neutral", "positive"}
+    assert by_csv.headers["x-model-version"] == "1"
+
+
+def test_health_version_and_metrics_describe_the_served_model(forecast_server, http, serving_project) -> None:
+    health = http.get(f"{forecast_server.url}/health")
+    version = http.get(f"{forecast_server.url}/version").json()
+    metrics = http.get(f"{forecast_server.url}/metrics")
+    missing = http.get(f"{forecast_server.url}/no-such-route")
+    assert health.json() == {"status": "ok", "task": "forecast", "model": "seqops-forecast", "version": "1"}
+    client = mlflow.MlflowClient(store_uri(serving_project), store_uri(serving_project))
+    assert version["run_id"] == client.get_model_version("seqops-forecast", "1").run_id
+    assert (version["task"], version["model"], version["version"]) == ("forecast", "seqops-forecast", "1")
+    assert 'seqops_model_version{task="forecast"} 1.0' in metrics.text
+    assert "seqops_http_request_duration_seconds_bucket" in metrics.text
+    assert missing.status_code == 404
+    for response in (health, metrics, missing):
+        assert response.headers["x-model-version"] == "1"
+
+
+def test_missing_champion_fails_in_one_line_without_a_traceback(serving_project) -> None:
+    env = thread_env()
+    env.update(SEQOPS_ROOT=str(serving_project), MLFLOW_TRACKING_URI=store_uri(serving_project))
+    done = subprocess.run([str(Path(sys.executable).parent / "seqops"), "serve", "orphan", "--port", "1"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.strip() == "error: seqops-orphan has no champion yet: run `seqops run --task orphan` first"
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+@pytest.fixture
+def tracking(serving_project, monkeypatch):
+    """load_served points MLflow at the store and sets serving variables: put them back afterwards."""
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    for name in ("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"):
+        monkeypatch.setenv(name, "unset-by-test")
+        monkeypatch.delenv(name)  # recorded by monkeypatch: restored (or removed) at teardown
+    yield GatewayConfig("forecast", "seqops-forecast", store_uri(serving_project))
+    mlflow.set_tracking_uri(before[0])
+    mlflow.set_registry_uri(before[1])
+
+
+@pytest.mark.parametrize("task, body", [("forecast", GOOD_FORECAST), ("sentiment", GOOD_SENTIMENT)])
+def test_fast_path_answers_what_mlflow_scoring_answers(tracking, task: str, body: dict) -> None:
+    config = GatewayConfig(task, f"seqops-{task}", tracking.tracking_uri)
+    served = load_served(config)
+    model = mlflow.pyfunc.load_model(f"models:/seqops-{task}/1")
+    raw = json.dumps(body).encode()
+    status, fast = invoke(served.predict, served.inputs, raw)
+    stock = scoring_server.invocations(raw, "application/json", model, model.metadata.get_input_schema())
+    assert status == stock.status == 200
+    fast_rows, stock_rows = json.loads(fast)["predictions"], json.loads(stock.response)["predictions"]
+    assert len(fast_rows) == len(stock_rows) == len(body["dataframe_records"])
+    for ours, theirs in zip(fast_rows, stock_rows):
+        assert ours.keys() == theirs.keys()
+        for key, value in ours.items():
+            if key in ("forecast", "score"):
+                assert np.allclose(value, theirs[key])
+            elif key == "scores":
+                assert np.allclose([value[k] for k in sorted(value)], [theirs[key][k] for k in sorted(value)])
+            else:
+                assert value == theirs[key]
+
+
+class _NoApp:
+    async def __call__(self, scope, receive, send) -> None:  # pragma: no cover - not reached
+        raise AssertionError("nothing should be forwarded to MLflow here")
+
+
+def _stub(predict, version: str = "7") -> Served:
+    return Served(version, "run-x", ModelInputs(("text",), ("text",), ()), predict, _NoApp(), time.time())
+
+
+def _call(gateway: Gateway, body: bytes, headers: dict | None = None) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=gateway)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            return await client.post("/invocations", content=body, headers=headers or {})
+    return asyncio.run(go())
+
+
+def test_a_request_slower_than_the_timeout_gets_504() -> None:
+    config = GatewayConfig("t", "m", "sqlite:///unused.db", request_timeout_s=0.2, poll_interval_s=0)
+    gateway = Gateway(config, _stub(lambda frame, params: time.sleep(3.0) or frame))
+    try:
+        started = time.perf_counter()
+        response = _call(gateway, b'{"dataframe_records": [{"text": "slow"}]}')
+        assert response.status_code == 504 and "serving.request_timeout_s" in response.json()["message"]
+        assert time.perf_counter() - started < 2.5  # answered at the timeout, not when the model finished
+        assert response.headers["x-model-version"] == "7"
+    finally:
+        gateway.close()
+
+
+def test_a_champion_that_does_not_load_leaves_the_current_model_serving(monkeypatch) -> None:
+    import pipelines.gateway as gateway_module
+
+    config = GatewayConfig("t", "m", "sqlite:///unused.db", poll_interval_s=0)
+    gateway = Gateway(config, _stub(lambda frame, params: [{"text": t} for t in frame["text"]]))
+
+    def broken(config, version=None):
+        raise gateway_module.GatewayError("v8 does not load")
+
+    monkeypatch.setattr(gateway_module, "load_served", broken)
+    try:
+        assert gateway.reload("8") is False
+        response = _call(gateway, b'{"dataframe_records": [{"text": "still here"}]}')
+        assert response.status_code == 200 and response.headers["x-model-version"] == "7"
+        assert 'seqops_model_reloads_total{result="failed"} 1.0' in gateway.metrics.exposition().decode()
+    finally:
+        gateway.close()
+
+
+def test_body_limit_applies_before_parsing() -> None:
+    config = GatewayConfig("t", "m", "sqlite:///unused.db", max_body_bytes=100, poll_interval_s=0)
+    gateway = Gateway(config, _stub(lambda frame, params: []))
+    try:
+        response = _call(gateway, b'{"dataframe_records": [{"text": "' + b"x" * 200 + b'"}]}')
+        assert response.status_code == 413 and "at most 100" in response.json()["message"]
+    finally:
+        gateway.close()
+
