@@ -4,15 +4,12 @@ pipelines.server.ScoringServer. Both run with one torch thread (OMP_NUM_THREADS=
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 
-from pipelines.server import ServerError, free_port
+from pipelines.server import free_port, stop_group, wait_until_answering
 
 
 def thread_env(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -59,32 +56,20 @@ class GatewayProcess:
         return self
 
     def wait_ready(self) -> "GatewayProcess":
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServerError(f"`seqops serve {self.task}` exited with {self.process.returncode}: "
-                                  f"{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise ServerError(f"`seqops serve {self.task}` did not answer /health in {self.startup_timeout:.0f}s: "
-                          f"{self.log_tail()}")
+        try:
+            wait_until_answering(self.process, f"{self.url}/health", self.startup_timeout,
+                                 f"`seqops serve {self.task}`", lambda: f": {self.log_tail()}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        if self.process is not None:
+            stop_group(self.process, grace=20.0)
         if self.log is not None:
             self.log.close()
 

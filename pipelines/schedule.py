@@ -13,12 +13,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import httpx
+from pipelines.server import answers, free_port, stop_group, wait_until_answering
 
 DEPLOYMENT = "retrain"
 SERVER_HOME = "prefect-server"
@@ -28,19 +27,8 @@ class ScheduleError(RuntimeError):
     """No usable Prefect server; the message says what to set or start."""
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def api_healthy(api_url: str, timeout: float = 5.0) -> bool:
-    try:
-        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return answers(f"{api_url.rstrip('/')}/health", timeout)
 
 
 class LocalPrefectServer:
@@ -91,15 +79,8 @@ class LocalPrefectServer:
         return self
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ScheduleError(f"`prefect server start` exited with {self.process.returncode}{self._log_tail()}")
-            if api_healthy(self.api_url, timeout=1.0):
-                return
-            time.sleep(0.5)
-        raise ScheduleError(f"the Prefect server did not answer {self.api_url}/health within "
-                            f"{self.startup_timeout:.0f}s{self._log_tail()}")
+        wait_until_answering(self.process, f"{self.api_url}/health", self.startup_timeout,
+                             "`prefect server start`", self._log_tail, error=ScheduleError)
 
     def stop(self) -> None:
         """Stop the server's process group; a second Ctrl-C or SIGTERM waits until that is done."""
@@ -108,25 +89,9 @@ class LocalPrefectServer:
             return
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
-            self._stop_group(process)
+            stop_group(process, self.stop_timeout)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-
-    def _stop_group(self, process: subprocess.Popen) -> None:
-        for sig, wait in ((signal.SIGTERM, self.stop_timeout), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:  # the group may outlive its leader for a moment; nothing of it may stay
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def _log_tail(self, lines: int = 15) -> str:
         try:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
@@ -25,6 +26,49 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def answers(url: str, timeout: float = 1.0) -> bool:
+    """Whether GET `url` returns 200 now."""
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_until_answering(process: subprocess.Popen, url: str, timeout: float, what: str,
+                         log_tail: Callable[[], str], error: type[Exception] = ServerError) -> None:
+    """Poll `url` until it answers 200; raise `error` (with the log tail) if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise error(f"{what} exited with {process.returncode}{log_tail()}")
+        if answers(url):
+            return
+        time.sleep(0.25)
+    raise error(f"{what} did not answer {url} within {timeout:.0f}s{log_tail()}")
+
+
+def stop_group(process: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM the process's group, SIGKILL what is left after `grace` seconds, and reap the leader.
+
+    Servers run in their own session (start_new_session=True), so the group holds everything
+    they started (mlflow's uvicorn, prefect's API workers); none of it may outlive a stop.
+    """
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # the group may outlive its leader for a moment
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def server_env(tracking_uri: str) -> dict[str, str]:
@@ -63,21 +107,13 @@ class ScoringServer:
         self.process = subprocess.Popen(serve_command(self.model_uri, self.host, self.port), stdout=log,
                                         stderr=subprocess.STDOUT, env=server_env(self.tracking_uri),
                                         start_new_session=True)
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.stop()
-                raise ServerError(f"scoring server for {self.model_uri} exited with {self.process.returncode}"
-                                  f"{self._log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/ping", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise ServerError(f"scoring server for {self.model_uri} did not answer /ping within "
-                          f"{self.startup_timeout:.0f}s{self._log_tail()}")
+        try:
+            wait_until_answering(self.process, f"{self.url}/ping", self.startup_timeout,
+                                 f"scoring server for {self.model_uri}", self._log_tail)
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def _log_tail(self) -> str:
         if self.log_path and self.log_path.exists():
@@ -85,14 +121,8 @@ class ScoringServer:
         return ""
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None:
+            stop_group(self.process)
 
     def __enter__(self) -> "ScoringServer":
         return self.start()

@@ -7,30 +7,25 @@ process on a free port with a health endpoint (moto's S3, `mlflow server`, `pref
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
+
+from pipelines.server import free_port, stop_group, wait_until_answering
+
+__all__ = ["free_port", "stop_group"]  # re-exported for the orchestration tests
 
 BIN = Path(sys.executable).parent
 PG_HOST = os.environ.get("SEQOPS_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("SEQOPS_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("SEQOPS_TEST_PG_USER", "postgres")
 PG_PASSWORD = os.environ.get("SEQOPS_TEST_PG_PASSWORD", "")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int) -> bool:
@@ -45,24 +40,6 @@ def group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def stop_group(process: subprocess.Popen, grace: float = 15.0) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left; reap the leader."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 class Service:
@@ -81,17 +58,9 @@ class Service:
         return self
 
     def wait_ready(self) -> "Service":
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(self.health, timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{self.name} did not answer {self.health} in {self.startup_timeout:.0f}s:\n{self.tail()}")
+        wait_until_answering(self.process, self.health, self.startup_timeout, self.name,
+                             lambda: f":\n{self.tail()}", error=RuntimeError)
+        return self
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
