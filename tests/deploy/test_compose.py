@@ -280,7 +280,8 @@ def retrain_deployment() -> dict[str, Any]:
 
 
 def flow_function(entrypoint: str) -> ast.FunctionDef:
-    path, _, name = entrypoint.partition(":")
+    module, _, name = entrypoint.partition(":")
+    path = module.replace(".", "/") + ".py"
     tree = ast.parse((REPO / path).read_text())
     return next(node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
                 and node.name == name)
@@ -312,9 +313,9 @@ def test_prefect_yaml_matches_the_installed_prefect_schema() -> None:
     assert [d.name for d in parsed.deployments] == ["retrain"]
 
 
-def test_deployment_entrypoint_is_a_flow_named_retrain_in_an_existing_file() -> None:
+def test_deployment_entrypoint_is_a_flow_named_retrain_in_an_importable_module() -> None:
     entrypoint = retrain_deployment()["entrypoint"]
-    assert entrypoint == "pipelines/flows.py:retrain" and (REPO / "pipelines" / "flows.py").is_file()
+    assert entrypoint == "pipelines.flows:retrain" and (REPO / "pipelines" / "flows.py").is_file()
     assert flow_name(flow_function(entrypoint)) == "retrain"
 
 

@@ -4,7 +4,8 @@ PostgreSQL (the machine's; two fresh databases) backs `mlflow server` and `prefe
 stands in for the S3-compatible store: MLflow proxies artifacts to one bucket, DVC pushes to
 another. The deployment is registered the way compose's one-shot `prefect-deploy` service does
 (deploy/prefect-deploy.sh with prefect.yaml), and compose's worker command picks the run up with
-compose's environment. The retrain fans its two variants out on a Dask LocalCluster.
+compose's environment. The retrain fans its two variants out to a Dask scheduler and worker
+started with compose's commands.
 """
 
 from __future__ import annotations
@@ -101,15 +102,28 @@ def test_retrain_runs_through_a_worker_on_postgres_s3_and_dask(tmp_path: Path, p
             assert deploy.returncode == 0, deploy.stdout + deploy.stderr
 
             # compose's prefect-worker: its command and environment, pointed at the native services
+            dask_port, scheduler_dashboard, worker_dashboard = free_port(), free_port(), free_port()
             worker_env = base_env(**S3_KEYS, SEQOPS_ROOT=str(root), SEQOPS_HOME=str(root / ".seqops"),
                                   PREFECT_HOME=str(root / ".seqops" / "prefect"), MLFLOW_TRACKING_URI=mlflow_url,
                                   PREFECT_API_URL=prefect_api, MLFLOW_S3_ENDPOINT_URL=s3,
                                   DVC_REMOTE_URL=f"s3://{DVC_BUCKET}/seqops", DVC_S3_ENDPOINT_URL=s3,
-                                  PREFECT_WORKER_WEBSERVER_PORT=str(free_port()), TMPDIR=str(scratch))
+                                  PREFECT_WORKER_WEBSERVER_PORT=str(free_port()), TMPDIR=str(scratch),
+                                  SEQOPS_DASK_ADDRESS=f"tcp://127.0.0.1:{dask_port}")
             compose_env = compose()["services"]["prefect-worker"]["environment"]
             assert set(compose_env) <= set(worker_env), "the native worker must get every variable compose sets"
-            worker = subprocess.run([*compose_command("prefect-worker"), "--run-once"], cwd=root, env=worker_env,
-                                    capture_output=True, text=True, timeout=420)
+            # compose's dask-scheduler and dask-worker, on local ports, sharing the worker's checkout
+            scheduler = Service("dask scheduler", [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
+                                                   str(dask_port), "--dashboard-address", f"127.0.0.1:{scheduler_dashboard}"],
+                                f"http://127.0.0.1:{scheduler_dashboard}/health", worker_env, logs / "dask-scheduler.log")
+            dask_workers = Service("dask worker", [str(BIN / "dask"), "worker", f"tcp://127.0.0.1:{dask_port}",
+                                                   "--nworkers", "2", "--nthreads", "1",
+                                                   "--dashboard-address", f"127.0.0.1:{worker_dashboard}"],
+                                   f"http://127.0.0.1:{worker_dashboard}/health", {**worker_env, "OMP_NUM_THREADS": "1"},
+                                   logs / "dask-worker.log", cwd=root)
+            with running(scheduler):
+                with running(dask_workers):
+                    worker = subprocess.run([*compose_command("prefect-worker"), "--run-once"], cwd=root,
+                                            env=worker_env, capture_output=True, text=True, timeout=420)
             (logs / "worker.log").write_text(worker.stdout + worker.stderr)
             assert worker.returncode == 0, worker.stdout[-4000:] + worker.stderr[-4000:]
 
