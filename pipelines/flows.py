@@ -25,8 +25,6 @@ from pipelines import ingest, orchestration, registry, versioning
 from pipelines.config import load_params
 from pipelines.paths import project_root, seqops_home, tracking_uri
 
-STAGES = ("prepare", "train", "evaluate")
-
 
 def _stage_environment() -> None:
     """DVC runs stage commands with the first `python` on PATH: make it this interpreter's."""
