@@ -28,9 +28,9 @@ import psutil
 import yaml
 
 from bench.common import machine, median, pin_threads, table, write_result
-from bench.fixtures import register_forecast, set_champion, store_uri
-from bench.loadgen import run_load
-from bench.servers import GatewayProcess, thread_env
+from tests.support.loadgen import run_load
+from tests.support.registered_models import register_forecast, set_champion, store_uri
+from tests.support.servers import GatewayProcess, thread_env
 
 HISTORY_STEPS = 104
 REPO = Path(__file__).resolve().parent.parent
@@ -150,7 +150,7 @@ def main() -> None:
                         help="params.yaml override for `seqops serve`, e.g. serving.concurrency=2 (repeatable)")
     args = parser.parse_args()
     pin_threads()
-    from pipelines.server import ScoringServer
+    from pipelines.serving.process import ScoringServer
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     task = params["tasks"]["forecast"]

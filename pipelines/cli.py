@@ -10,10 +10,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipelines import environment
-from pipelines.paths import project_root
+from pipelines import project
+from pipelines.errors import SeqopsError
+from pipelines.project import project_root
 
-environment.apply(project_root())
+project.apply_environment(project_root())
 
 app = typer.Typer(help="seqops: recurrent sequence models from raw data to a served model.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -26,17 +27,6 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _known_errors() -> tuple[type[Exception], ...]:
-    from pipelines.config import ConfigError
-    from pipelines.registry import RegistryError
-    from pipelines.server import ServerError
-    from pipelines.sources import SourceError
-    from pipelines.validate import ValidationError
-    from pipelines.versioning import VersioningError
-
-    return ConfigError, RegistryError, ServerError, SourceError, ValidationError, VersioningError
-
-
 EXAMPLE_TEXTS = ["What a great flight, the crew was lovely!", "My bag is lost and nobody answers the phone."]
 
 
@@ -45,9 +35,9 @@ def example_request(task: str, root: Path) -> dict:
     import pandas as pd
 
     from pipelines.config import TextTask, load_params
-    from pipelines.paths import prepared_dir
+    from pipelines.project import prepared_dir
 
-    spec = load_params(root / "params.yaml").task(task)
+    spec = load_params(root).task(task)
     if isinstance(spec, TextTask):
         return {"dataframe_records": [{"text": text} for text in EXAMPLE_TEXTS]}
     series = pd.read_parquet(prepared_dir(root, task) / "series.parquet")
@@ -69,10 +59,10 @@ def run(
     """Run the retrain flow (version data, prepare, train, evaluate, promote), then query each champion over REST."""
     import httpx
 
-    from pipelines.flows import retrain
-    from pipelines.paths import tracking_uri
-    from pipelines.server import ScoringServer
-    from pipelines.tracking import registered_name
+    from pipelines.orchestration.flows import retrain
+    from pipelines.project import tracking_uri
+    from pipelines.serving.process import ScoringServer
+    from pipelines.train.tracking import registered_name
 
     root = project_root()
     try:
@@ -96,7 +86,7 @@ def run(
                     typer.echo(f"{name}: POST {server.url}/invocations -> {response.status_code}")
                     typer.echo(json.dumps(response.json(), indent=2))
                 typer.echo(f"{name}: server stopped")
-    except _known_errors() as e:
+    except SeqopsError as e:
         _fail(str(e))
     typer.echo("\nDone. Next:\n"
                "  .venv/bin/seqops ui                      # MLflow UI at http://127.0.0.1:5000 (runs, metrics, plots)\n"
@@ -121,15 +111,15 @@ def serve(
     The model reloads when `champion` moves (checked every serving.poll_interval_s).
     """
     from pipelines.config import load_params
-    from pipelines.gateway import GatewayConfig, GatewayError
-    from pipelines.gateway import serve as run_gateway
-    from pipelines.paths import tracking_uri
+    from pipelines.project import tracking_uri
     from pipelines.registry import champion_version
-    from pipelines.tracking import configure, registered_name
+    from pipelines.serving.gateway import GatewayConfig, GatewayError
+    from pipelines.serving.gateway import serve as run_gateway
+    from pipelines.train.tracking import configure, registered_name
 
     root = project_root()
     try:
-        params = load_params(root / "params.yaml", overrides or ())
+        params = load_params(root, overrides or ())
         params.task(task)
         name = registered_name(task)
         version = champion_version(configure(root), name)
@@ -141,7 +131,7 @@ def serve(
         typer.echo(f"serving {name} v{version} (champion) on http://{host}:{port}  "
                    "(POST /invocations; GET /health /version /metrics)")
         run_gateway(config, host, port, workers or settings.workers, access_log)
-    except (*_known_errors(), GatewayError) as e:
+    except SeqopsError as e:
         _fail(str(e))
 
 
@@ -151,7 +141,7 @@ def ui(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI on the project's tracking store (blocks; Ctrl-C stops)."""
-    from pipelines.paths import tracking_uri
+    from pipelines.project import tracking_uri
 
     root = project_root()
     uri = tracking_uri(root)
@@ -165,11 +155,11 @@ def ui(
 def rollback(task: Annotated[str, typer.Argument(help="Task whose champion to roll back.")]) -> None:
     """Move the `champion` alias back to the version it pointed at before the last promotion."""
     from pipelines.registry import rollback as do_rollback
-    from pipelines.tracking import registered_name
+    from pipelines.train.tracking import registered_name
 
     try:
         old, new = do_rollback(project_root(), task)
-    except _known_errors() as e:
+    except SeqopsError as e:
         _fail(str(e))
     typer.echo(f"{registered_name(task)}: champion moved from v{old} back to v{new}")
 
@@ -184,7 +174,7 @@ def lineage(
 
     try:
         found = trace(project_root(), task, version)
-    except _known_errors() as e:
+    except SeqopsError as e:
         _fail(str(e))
     aliases = f" ({', '.join(found.aliases)})" if found.aliases else ""
     typer.echo(f"model     {found.name} v{found.version}{aliases}")
@@ -222,12 +212,12 @@ def schedule(
     from prefect.client.schemas.schedules import CronSchedule
 
     from pipelines.config import ConfigError, load_params
-    from pipelines.paths import seqops_home
-    from pipelines.schedule import SERVER_HOME, ScheduleError, exit_on_sigterm, prefect_api, serve_retrain
+    from pipelines.orchestration.schedule import SERVER_HOME, ScheduleError, exit_on_sigterm, prefect_api, serve_retrain
+    from pipelines.project import seqops_home
 
     root = project_root()
     try:
-        params = load_params(root / "params.yaml")
+        params = load_params(root)
         for name in task or []:
             params.task(name)
         settings = params.orchestration.schedule
@@ -243,7 +233,7 @@ def schedule(
             typer.echo(f"retrain/retrain: `{cron}` ({timezone}), tasks {task or 'all'}, root {root}; "
                        f"Ctrl-C or SIGTERM stops it (and the local server)")
             serve_retrain(root, cron, timezone, tasks=task, force=force)
-    except (ScheduleError, ConfigError) as e:
+    except SeqopsError as e:
         _fail(str(e))
     typer.echo("schedule stopped: deployment paused, local Prefect server (if any) stopped")
 
@@ -265,14 +255,14 @@ def data_add(
     A file that breaks a rule changes nothing. The next retrain (scheduled or `seqops run`) trains on it.
     """
     from pipelines.config import load_params
-    from pipelines.new_data import MODES, add_data
+    from pipelines.data.add import MODES, add_data
 
     if mode not in MODES:
         _fail(f"--mode must be one of {list(MODES)}, got {mode!r}")
     root = project_root()
     try:
-        added = add_data(root, task, file.resolve(), load_params(root / "params.yaml"), mode)  # type: ignore[arg-type]
-    except _known_errors() as e:
+        added = add_data(root, task, file.resolve(), load_params(root), mode)  # type: ignore[arg-type]
+    except SeqopsError as e:
         _fail(str(e))
     typer.echo(added.summary)
     for reason, count in added.dropped.items():

@@ -6,18 +6,17 @@ fails on load with the dotted key and the allowed values instead of deep inside 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PARAMS_FILE = "params.yaml"
+from pipelines.errors import SeqopsError
+from pipelines.project import params_path
 
 
-class ConfigError(ValueError):
+class ConfigError(SeqopsError, ValueError):
     """params.yaml (or an override) does not match the schema; the message names the key."""
 
 
@@ -289,8 +288,11 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
 
 
 def load_params(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
-    """Read and validate params.yaml (default: the project's, or $SEQOPS_PARAMS)."""
-    path = Path(path or os.environ.get("SEQOPS_PARAMS") or PROJECT_ROOT / PARAMS_FILE)
+    """Read and validate params.yaml: `path` is the file or the project root holding it
+    (default: the project's, or $SEQOPS_PARAMS)."""
+    path = Path(path) if path is not None else params_path()
+    if path.is_dir():
+        path = params_path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:

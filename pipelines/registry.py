@@ -20,15 +20,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import Params
-from pipelines.paths import metrics_file, train_record
-from pipelines.tracking import configure, registered_name
-from pipelines.versioning import data_version
+from pipelines.data.versioning import data_version
+from pipelines.errors import SeqopsError
+from pipelines.project import metrics_file, params_path, train_record
+from pipelines.train.tracking import configure, registered_name
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "seqops.champion_history"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(SeqopsError):
     """A registry operation cannot be done (no champion, nothing to roll back to, ...)."""
 
 
@@ -105,7 +106,7 @@ def promote(root: Path, task: str, params: Params, rescore) -> Decision:
     dv = data_version(root)
     tags = {
         **dv.as_tags(), "run_id": entry["run_id"], "variant": best,
-        "dvc_lock.md5": _file_md5(root / "dvc.lock"), "params.md5": _file_md5(root / "params.yaml"),
+        "dvc_lock.md5": _file_md5(root / "dvc.lock"), "params.md5": _file_md5(params_path(root)),
         "promotion.decision": "promoted" if promoted else "rejected", "promotion.reason": reason,
         "promotion.metric": f"{metric.name} ({metric.goal})", "promotion.candidate_score": repr(candidate_score),
         "promotion.champion_score": repr(champion_score), "promotion.champion_version": str(current),

@@ -315,7 +315,7 @@ def test_prefect_yaml_matches_the_installed_prefect_schema() -> None:
 
 def test_deployment_entrypoint_is_a_flow_named_retrain_in_an_importable_module() -> None:
     entrypoint = retrain_deployment()["entrypoint"]
-    assert entrypoint == "pipelines.flows:retrain" and (REPO / "pipelines" / "flows.py").is_file()
+    assert entrypoint == "pipelines.orchestration.flows:retrain" and (REPO / "pipelines" / "orchestration" / "flows.py").is_file()
     assert flow_name(flow_function(entrypoint)) == "retrain"
 
 

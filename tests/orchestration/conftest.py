@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from pipelines.server import free_port, stop_group, wait_until_answering
+from pipelines.serving.process import free_port, stop_group, wait_until_answering
 
 __all__ = ["free_port", "stop_group"]  # re-exported for the orchestration tests
 

@@ -9,10 +9,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipelines import ingest, versioning
 from pipelines.config import load_params
-from pipelines.new_data import add_data
-from pipelines.validate import ValidationError
+from pipelines.data import ingest, versioning
+from pipelines.data.add import add_data
+from pipelines.data.validate import InvalidDataError
+from pipelines.project import raw_path
 from tests.conftest import TINY_FORECAST, git, make_project
 
 COMMIT = ("-c", "user.email=t@example.invalid", "-c", "user.name=t")
@@ -20,7 +21,7 @@ COMMIT = ("-c", "user.email=t@example.invalid", "-c", "user.name=t")
 
 def versioned(root: Path) -> Path:
     """The project after its first retrain's data step: raw data ingested, data.dvc committed."""
-    params = load_params(root / "params.yaml")
+    params = load_params(root)
     for task in params.tasks:
         ingest.ingest(task, params, root)
     versioning.track(root)
@@ -33,12 +34,12 @@ def versioned(root: Path) -> Path:
 
 def state(root: Path, task: str) -> tuple[bytes, str, str]:
     """Everything a rejected file must leave as it was: raw bytes, data.dvc, HEAD."""
-    return (ingest.raw_path(root, task).read_bytes(), (root / "data.dvc").read_text(),
+    return (raw_path(root, task).read_bytes(), (root / "data.dvc").read_text(),
             git(root, "rev-parse", "HEAD").strip())
 
 
 def weeks_after(root: Path, count: int, offset: int = 1) -> pd.DataFrame:
-    raw = pd.read_parquet(ingest.raw_path(root, "forecast"))
+    raw = pd.read_parquet(raw_path(root, "forecast"))
     start = raw["timestamp"].max() + pd.Timedelta(weeks=offset)
     return pd.DataFrame({"date": pd.date_range(start, periods=count, freq="7D").strftime("%Y-%m-%d"),
                          "co2": [372.0 + 0.01 * i for i in range(count)]})
@@ -53,13 +54,13 @@ def forecast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_appended_weeks_become_a_new_pushed_and_committed_data_version(forecast: Path, tmp_path: Path) -> None:
     before = versioning.data_version(forecast)
-    rows_before = len(pd.read_parquet(ingest.raw_path(forecast, "forecast")))
+    rows_before = len(pd.read_parquet(raw_path(forecast, "forecast")))
     file = tmp_path / "new.csv"
     weeks_after(forecast, 8).to_csv(file, index=False)
 
-    added = add_data(forecast, "forecast", file, load_params(forecast / "params.yaml"))
+    added = add_data(forecast, "forecast", file, load_params(forecast))
 
-    raw = pd.read_parquet(ingest.raw_path(forecast, "forecast"))
+    raw = pd.read_parquet(raw_path(forecast, "forecast"))
     assert len(raw) == rows_before + 8 and raw["timestamp"].is_monotonic_increasing
     assert added.changed and added.version.md5 != before.md5
     assert yaml.safe_load((forecast / "data.dvc").read_text())["outs"][0]["md5"] == added.version.md5
@@ -82,8 +83,8 @@ def test_a_rejected_file_changes_nothing(forecast: Path, tmp_path: Path, make_fi
     make_file(forecast).to_csv(file, index=False)
     unchanged = state(forecast, "forecast")
 
-    with pytest.raises(ValidationError, match=message):
-        add_data(forecast, "forecast", file, load_params(forecast / "params.yaml"))
+    with pytest.raises(InvalidDataError, match=message):
+        add_data(forecast, "forecast", file, load_params(forecast))
 
     assert state(forecast, "forecast") == unchanged
     assert git(forecast, "status", "--porcelain", "--", "data.dvc") == ""
@@ -95,20 +96,20 @@ def test_replace_makes_the_file_the_tasks_data(forecast: Path, tmp_path: Path) -
                           "co2": [410.0 + 0.04 * i for i in range(300)]})
     frame.to_parquet(file, index=False)
 
-    added = add_data(forecast, "forecast", file, load_params(forecast / "params.yaml"), mode="replace")
+    added = add_data(forecast, "forecast", file, load_params(forecast), mode="replace")
 
-    raw = pd.read_parquet(ingest.raw_path(forecast, "forecast"))
+    raw = pd.read_parquet(raw_path(forecast, "forecast"))
     assert len(raw) == 300 and raw["timestamp"].min() == pd.Timestamp("2020-01-05")
     assert added.rows_before == 2284 and added.rows_after == 300 and added.commit
 
 
 def test_adding_the_same_data_again_is_no_new_version(forecast: Path, tmp_path: Path) -> None:
     file = tmp_path / "same.parquet"
-    pd.read_parquet(ingest.raw_path(forecast, "forecast")).rename(
+    pd.read_parquet(raw_path(forecast, "forecast")).rename(
         columns={"timestamp": "date"}).drop(columns="series_id").to_parquet(file, index=False)
     head = git(forecast, "rev-parse", "HEAD").strip()
 
-    added = add_data(forecast, "forecast", file, load_params(forecast / "params.yaml"), mode="replace")
+    added = add_data(forecast, "forecast", file, load_params(forecast), mode="replace")
 
     assert not added.changed and added.commit is None
     assert git(forecast, "rev-parse", "HEAD").strip() == head
@@ -128,9 +129,9 @@ def test_appended_texts_follow_the_tasks_duplicate_policy(tmp_path: Path) -> Non
     pd.DataFrame({"text": ["good  flight", "lost bag", "bad food"],
                   "label": ["positive", "negative", "positive"]}).to_csv(file, index=False)
 
-    added = add_data(root, "reviews", file, load_params(root / "params.yaml"))
+    added = add_data(root, "reviews", file, load_params(root))
 
-    raw = pd.read_parquet(ingest.raw_path(root, "reviews"))
+    raw = pd.read_parquet(raw_path(root, "reviews"))
     # "good  flight" repeats an existing text (dropped); "bad food" now carries two labels (all dropped)
     assert raw.to_dict("records") == [{"text": "good flight", "label": "positive"},
                                       {"text": "lovely crew", "label": "positive"},
@@ -177,7 +178,7 @@ def test_dvc_remote_url_redirects_the_push_without_touching_the_committed_config
     file = tmp_path / "new.csv"
     weeks_after(forecast, 2).to_csv(file, index=False)
 
-    added = add_data(forecast, "forecast", file, load_params(forecast / "params.yaml"))
+    added = add_data(forecast, "forecast", file, load_params(forecast))
 
     md5 = added.version.md5
     assert (elsewhere / "files" / "md5" / md5[:2] / md5[2:]).is_file()

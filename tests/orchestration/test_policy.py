@@ -14,8 +14,8 @@ import yaml
 from mlflow.exceptions import MlflowException
 
 from pipelines.config import ConfigError, Orchestration, TaskRunner, load_params
-from pipelines.orchestration import is_transient, limit_name, one_retrain_at_a_time, retrying, task_runner
-from pipelines.versioning import VersioningError
+from pipelines.data.versioning import VersioningError
+from pipelines.orchestration.policy import is_transient, limit_name, one_retrain_at_a_time, retrying, task_runner
 from tests.conftest import REPO, TINY_FORECAST, make_project
 from tests.orchestration.conftest import free_port
 
@@ -117,16 +117,16 @@ def test_orchestration_and_trainer_settings_are_validated_with_the_key_named(tmp
     params["training"]["num_nodes"] = 0
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ConfigError) as error:
-        load_params(tmp_path / "params.yaml")
+        load_params(tmp_path)
     assert "orchestration.task_runner.kind: Input should be 'dask' or 'sequential'" in str(error.value)
     assert "training.num_nodes: Input should be greater than 0" in str(error.value)
 
 
 def test_lightning_strategy_devices_and_nodes_pass_through_from_params(tmp_path: Path) -> None:
     from models import GradientHealth
-    from pipelines.stages.train import trainer_for
+    from pipelines.train.stage import trainer_for
 
-    params = load_params(REPO / "params.yaml", overrides=["training.accelerator=cpu", "training.devices=1",
+    params = load_params(REPO, overrides=["training.accelerator=cpu", "training.devices=1",
                                                            "training.strategy=ddp", "training.num_nodes=2"])
     trainer = trainer_for(params, params.task("forecast"), "0" * 32, tmp_path, "t", GradientHealth())
     assert trainer.num_nodes == 2 and type(trainer.strategy).__name__ == "DDPStrategy"
@@ -191,7 +191,7 @@ class Records(logging.Handler):
 
 
 def test_a_failed_retrain_logs_one_summary_naming_the_step_and_the_cause(prefect_harness, broken_project: Path) -> None:
-    from pipelines.flows import retrain
+    from pipelines.orchestration.flows import retrain
 
     records, logger = Records(), logging.getLogger("prefect.flow_runs")
     logger.addHandler(records)
@@ -210,7 +210,7 @@ def test_a_failed_retrain_logs_one_summary_naming_the_step_and_the_cause(prefect
 def test_a_second_retrain_of_a_task_waits_for_the_first(prefect_harness, unpreparable_project: Path) -> None:
     from prefect import get_client
 
-    from pipelines.flows import retrain
+    from pipelines.orchestration.flows import retrain
 
     outcome: dict[str, object] = {}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.baselines import tfidf_logreg_baseline
-from pipelines.metrics import classification_metrics
+from pipelines.evaluate.baselines import tfidf_logreg_baseline
+from pipelines.evaluate.metrics import classification_metrics
 
 LABELS = ["negative", "neutral", "positive"]
 WORDS = {"negative": ["awful", "terrible", "hate"], "neutral": ["flight", "today", "gate"],

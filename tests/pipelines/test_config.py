@@ -21,7 +21,7 @@ def _write(tmp_path: Path, mutate) -> Path:
 
 
 def test_project_params_are_valid() -> None:
-    params = load_params(REPO / "params.yaml")
+    params = load_params(REPO)
     assert "forecast" in params.tasks
 
 
@@ -44,16 +44,16 @@ def test_k2_below_k1_is_rejected(tmp_path: Path) -> None:
 
 
 def test_override_sets_a_nested_key() -> None:
-    params = load_params(REPO / "params.yaml", overrides=["tasks.forecast.variants.0.hidden_size=7", "promote.min_improvement=0.1"])
+    params = load_params(REPO, overrides=["tasks.forecast.variants.0.hidden_size=7", "promote.min_improvement=0.1"])
     assert params.task("forecast").variants[0].hidden_size == 7
     assert params.promote.min_improvement == 0.1
 
 
 def test_override_of_unknown_section_names_it() -> None:
     with pytest.raises(ConfigError, match="'nope' is not a section"):
-        load_params(REPO / "params.yaml", overrides=["nope.x=1"])
+        load_params(REPO, overrides=["nope.x=1"])
 
 
 def test_unknown_task_lists_the_defined_ones() -> None:
     with pytest.raises(ConfigError, match=r"unknown task 'weather'.*forecast"):
-        load_params(REPO / "params.yaml").task("weather")
+        load_params(REPO).task("weather")

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import versioning
 from pipelines.config import load_params
-from pipelines.ingest import ingest
-from pipelines.paths import metrics_file, train_record
-from pipelines.stages.evaluate import evaluate_task
-from pipelines.stages.prepare import prepare
-from pipelines.stages.train import train_task
+from pipelines.data import versioning
+from pipelines.data.ingest import ingest
+from pipelines.evaluate.stage import evaluate_task
+from pipelines.prepare.stage import prepare
+from pipelines.project import metrics_file, train_record
+from pipelines.train.stage import train_task
 from tests.conftest import make_project
 
 TASK = {
@@ -62,7 +62,7 @@ def stores_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_several_series_with_a_covariate_train_evaluate_and_forecast(stores_project: Path) -> None:
     root = stores_project
-    params = load_params(root / "params.yaml")
+    params = load_params(root)
     ingest("stores", params, root)
     versioning.track(root)
     splits = json.loads((prepare(root, "stores", params) / "splits.json").read_text())

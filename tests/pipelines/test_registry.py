@@ -10,11 +10,12 @@ import mlflow
 import pytest
 from typer.testing import CliRunner
 
-from pipelines import registry, versioning
+from pipelines import registry
 from pipelines.config import load_params
-from pipelines.ingest import ingest
-from pipelines.paths import metrics_file, train_record
-from pipelines.tracking import configure, ensure_experiment
+from pipelines.data import versioning
+from pipelines.data.ingest import ingest
+from pipelines.project import metrics_file, train_record
+from pipelines.train.tracking import configure, ensure_experiment
 
 
 class _Constant(mlflow.pyfunc.PythonModel):
@@ -24,7 +25,7 @@ class _Constant(mlflow.pyfunc.PythonModel):
 
 @pytest.fixture
 def store(project: Path) -> Path:
-    ingest("forecast", load_params(project / "params.yaml"), project)
+    ingest("forecast", load_params(project), project)
     versioning.track(project)
     configure(project)
     return project
@@ -43,7 +44,7 @@ def _candidate(root: Path, holdout_mae: float) -> None:
 
 def _promote(root: Path, candidate: float, champion: float, min_improvement: float = 0.0) -> registry.Decision:
     _candidate(root, candidate)
-    params = load_params(root / "params.yaml", overrides=[f"promote.min_improvement={min_improvement}"])
+    params = load_params(root, overrides=[f"promote.min_improvement={min_improvement}"])
     return registry.promote(root, "forecast", params, rescore=lambda uri: champion)
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipelines.server import ScoringServer
+from pipelines.serving.process import ScoringServer
 from tests.conftest import TINY_FORECAST, TINY_SENTIMENT, make_project
 
 
@@ -24,7 +24,7 @@ def trained(prefect_harness, tmp_path_factory: pytest.TempPathFactory):
     uri = f"sqlite:///{root / '.seqops' / 'mlflow.db'}"
     patch.setenv("SEQOPS_ROOT", str(root))
     patch.setenv("MLFLOW_TRACKING_URI", uri)
-    from pipelines.flows import retrain
+    from pipelines.orchestration.flows import retrain
 
     summary = retrain(root=str(root))
     mlflow.set_tracking_uri(uri)
@@ -88,7 +88,7 @@ def test_champion_loads_as_pyfunc_and_forecasts_raw_history(trained) -> None:
 
 def test_unchanged_data_and_params_skip_retraining(trained) -> None:
     root, _, _ = trained
-    from pipelines.flows import retrain
+    from pipelines.orchestration.flows import retrain
 
     again = retrain(root=str(root))
     for task in ("forecast", "sentiment"):

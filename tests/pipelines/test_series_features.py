@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pipelines import versioning
 from pipelines.config import load_params
-from pipelines.features import SeriesTransform, horizon_windows, seasonal_naive, training_windows
-from pipelines.ingest import ingest
+from pipelines.data import versioning
+from pipelines.data.ingest import ingest
+from pipelines.prepare.features import SeriesTransform, horizon_windows, seasonal_naive, training_windows
 from tests.conftest import REPO, make_project
 
 
@@ -58,7 +58,7 @@ def test_horizon_windows_follow_their_context() -> None:
 
 def test_demo_ingest_reproduces_the_committed_data_version(tmp_path: Path) -> None:
     """On a fresh clone, `make run` must leave data.dvc unchanged: the demo bytes are deterministic."""
-    params = load_params(REPO / "params.yaml")
+    params = load_params(REPO)
     root = make_project(tmp_path / "fresh", yaml.safe_load((REPO / "params.yaml").read_text())["tasks"])
     for task in params.tasks:
         ingest(task, params, root)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.features import PAD_ID, UNK_ID, Tokenizer, Vocabulary, stratified_split
+from pipelines.prepare.features import PAD_ID, UNK_ID, Tokenizer, Vocabulary, stratified_split
 
 
 def test_urls_and_mentions_become_placeholder_tokens() -> None:

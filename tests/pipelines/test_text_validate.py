@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.ingest import write_atomic
-from pipelines.sources import read_source, read_table
-from pipelines.validate import ValidationError, validate_text
+from pipelines.data.ingest import write_atomic
+from pipelines.data.sources import read_source, read_table
+from pipelines.data.validate import InvalidDataError, validate_text
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -28,32 +28,32 @@ def _frame(texts: list, labels: list) -> pd.DataFrame:
 @pytest.mark.parametrize("column", ["text", "label"])
 def test_missing_text_or_label_column_is_named(column: str) -> None:
     frame = _frame(["good"], ["positive"]).rename(columns={column: "other"})
-    with pytest.raises(ValidationError, match=f"missing column '{column}'"):
+    with pytest.raises(InvalidDataError, match=f"missing column '{column}'"):
         _validate(frame)
 
 
 def test_unknown_labels_name_their_rows_and_values() -> None:
     frame = _frame(["a", "b", "c", "d"], ["positive", "happy", "neutral", None])
-    with pytest.raises(ValidationError, match=r"column 'label' rows 2 \('happy'\), 4 \(None\): not one of "
+    with pytest.raises(InvalidDataError, match=r"column 'label' rows 2 \('happy'\), 4 \(None\): not one of "
                                               r"the declared labels"):
         _validate(frame)
 
 
 def test_only_the_first_few_bad_rows_are_listed() -> None:
     frame = _frame([f"t{i}" for i in range(9)], ["meh"] * 9)
-    with pytest.raises(ValidationError, match=r"rows 1 \('meh'\), 2 .*, 5 \('meh'\) and 4 more"):
+    with pytest.raises(InvalidDataError, match=r"rows 1 \('meh'\), 2 .*, 5 \('meh'\) and 4 more"):
         _validate(frame)
 
 
 def test_undecodable_bytes_name_their_rows() -> None:
     frame = _frame(["fine", "caf\xe9".encode("latin-1"), b"ok bytes"], ["neutral"] * 3)
-    with pytest.raises(ValidationError, match=r"column 'text' row 2 \(b'caf\\xe9'\): not valid UTF-8"):
+    with pytest.raises(InvalidDataError, match=r"column 'text' row 2 \(b'caf\\xe9'\): not valid UTF-8"):
         _validate(frame)
 
 
 def test_lone_surrogates_are_undecodable() -> None:
     frame = _frame(["fine", "bad \udce9"], ["neutral"] * 2)
-    with pytest.raises(ValidationError, match=r"column 'text' row 2 .*not valid UTF-8"):
+    with pytest.raises(InvalidDataError, match=r"column 'text' row 2 .*not valid UTF-8"):
         _validate(frame)
 
 
@@ -64,7 +64,7 @@ def test_valid_utf8_bytes_are_decoded() -> None:
 
 def test_numbers_in_text_name_their_rows() -> None:
     frame = _frame(["fine", 42, 3.5], ["neutral"] * 3)
-    with pytest.raises(ValidationError, match=r"column 'text' rows 2 \(42\), 3 \(3.5\): not text"):
+    with pytest.raises(InvalidDataError, match=r"column 'text' rows 2 \(42\), 3 \(3.5\): not text"):
         _validate(frame)
 
 

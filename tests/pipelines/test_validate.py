@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from pipelines.config import load_params
-from pipelines.ingest import ingest, raw_path
-from pipelines.sources import SourceError
-from pipelines.validate import ValidationError, fill_gaps, validate_timeseries
+from pipelines.data.ingest import ingest
+from pipelines.data.sources import SourceError
+from pipelines.data.validate import InvalidDataError, fill_gaps, validate_timeseries
+from pipelines.project import raw_path
 
 GOOD = pd.DataFrame({"date": pd.date_range("2020-01-04", periods=6, freq="W-SAT").astype(str),
                      "co2": [1.0, 2.0, None, 4.0, 5.0, 6.0]})
@@ -21,7 +22,7 @@ def _validate(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_missing_target_column_is_named() -> None:
-    with pytest.raises(ValidationError, match="missing column 'co2'"):
+    with pytest.raises(InvalidDataError, match="missing column 'co2'"):
         _validate(GOOD.rename(columns={"co2": "ppm"}))
 
 
@@ -29,28 +30,28 @@ def test_non_numeric_value_names_column_and_first_bad_row() -> None:
     bad = GOOD.astype({"co2": object})
     bad.loc[3, "co2"] = "n/a"
     bad.loc[5, "co2"] = "x"
-    with pytest.raises(ValidationError, match=r"column 'co2' row 4: 'n/a' is not a number"):
+    with pytest.raises(InvalidDataError, match=r"column 'co2' row 4: 'n/a' is not a number"):
         _validate(bad)
 
 
 def test_unsorted_timestamps_name_first_bad_row() -> None:
     bad = GOOD.copy()
     bad.loc[[2, 3], "date"] = bad.loc[[3, 2], "date"].to_numpy()
-    with pytest.raises(ValidationError, match=r"column 'date' row 4: timestamps are not sorted"):
+    with pytest.raises(InvalidDataError, match=r"column 'date' row 4: timestamps are not sorted"):
         _validate(bad)
 
 
 def test_duplicate_timestamps_name_first_bad_row() -> None:
     bad = GOOD.copy()
     bad.loc[2, "date"] = bad.loc[1, "date"]
-    with pytest.raises(ValidationError, match=r"column 'date' row 3: duplicate timestamp"):
+    with pytest.raises(InvalidDataError, match=r"column 'date' row 3: duplicate timestamp"):
         _validate(bad)
 
 
 def test_unparseable_timestamp_is_named() -> None:
     bad = GOOD.copy()
     bad.loc[1, "date"] = "not a date"
-    with pytest.raises(ValidationError, match=r"column 'date' row 2: 'not a date' is not a timestamp"):
+    with pytest.raises(InvalidDataError, match=r"column 'date' row 2: 'not a date' is not a timestamp"):
         _validate(bad)
 
 
@@ -68,20 +69,20 @@ def test_gaps_are_kept_as_nan_and_filled_by_interpolation() -> None:
     lambda f: f.iloc[::-1],
 ])
 def test_rejected_file_leaves_existing_raw_data_untouched(project: Path, tmp_path: Path, mutate) -> None:
-    params = load_params(project / "params.yaml")
+    params = load_params(project)
     target = raw_path(project, "forecast")
     ingest("forecast", params, project)
     before = target.read_bytes()
     bad = tmp_path / "bad.csv"
     mutate(GOOD).to_csv(bad, index=False)
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidDataError):
         ingest("forecast", params, project, source_file=bad)
     assert target.read_bytes() == before
     assert [p.name for p in target.parent.iterdir()] == ["raw.parquet"]
 
 
 def test_unreadable_file_is_a_clear_error(project: Path, tmp_path: Path) -> None:
-    params = load_params(project / "params.yaml")
+    params = load_params(project)
     with pytest.raises(SourceError, match="no such file"):
         ingest("forecast", params, project, source_file=tmp_path / "missing.csv")
     bad = tmp_path / "data.xlsx"

@@ -14,9 +14,9 @@ import httpx
 import pytest
 import yaml
 
-from bench.fixtures import register_forecast, register_sentiment, set_champion, store_uri
-from bench.servers import GatewayProcess
 from tests.conftest import REPO
+from tests.support.registered_models import register_forecast, register_sentiment, set_champion, store_uri
+from tests.support.servers import GatewayProcess
 
 POLL_S = 0.5
 

@@ -1,7 +1,7 @@
 """Bad requests for each task: every one must get a 4xx whose message names the problem.
 
 A case is (id, body, content type, expected status, a phrase the message must contain). The
-limits are those of bench.fixtures (forecast: history 53..5000 values, horizon 1..104; sentiment:
+limits are those of tests.support.registered_models (forecast: history 53..5000 values, horizon 1..104; sentiment:
 texts up to 1000 characters, 100 records) and params.yaml's serving.max_body_bytes (2 MiB).
 """
 

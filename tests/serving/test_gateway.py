@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from mlflow.pyfunc import scoring_server
 
-from bench.fixtures import store_uri
-from bench.servers import thread_env
-from pipelines.gateway import Gateway, GatewayConfig, Served, load_served
-from pipelines.invocations import ModelInputs, invoke
+from pipelines.serving.gateway import Gateway, GatewayConfig, Served, load_served
+from pipelines.serving.requests import ModelInputs, invoke
 from tests.serving.conftest import GOOD_FORECAST, GOOD_SENTIMENT
+from tests.support.registered_models import store_uri
+from tests.support.servers import thread_env
 
 OK_COUNT = re.compile(r'^seqops_http_requests_total\{method="POST",route="/invocations",status="200"\} (\S+)$', re.M)
 
@@ -153,7 +153,7 @@ def test_a_request_slower_than_the_timeout_gets_504() -> None:
 
 
 def test_a_champion_that_does_not_load_leaves_the_current_model_serving(monkeypatch) -> None:
-    import pipelines.gateway as gateway_module
+    import pipelines.serving.gateway as gateway_module
 
     config = GatewayConfig("t", "m", "sqlite:///unused.db", poll_interval_s=0)
     gateway = Gateway(config, _stub(lambda frame, params: [{"text": t} for t in frame["text"]]))

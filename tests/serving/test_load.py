@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from bench.fixtures import set_champion
-from bench.loadgen import run_load
 from tests.serving.conftest import GOOD_FORECAST
+from tests.support.loadgen import run_load
+from tests.support.registered_models import set_champion
 
 CLIENTS, LOAD_S = 8, 20.0
 RELOAD_LOAD_S, PROMOTE_AT_S, RELOADED_BY_S = 15.0, 2.0, 12.0  # both workers on v2 by 12 s

@@ -1,0 +1,218 @@
+"""Schema checks for raw tables, run before anything is written.
+
+Every error names the column and the first offending row (1-based, counting data rows as a
+spreadsheet does below its header), because the person reading it has to go and fix that file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipelines.errors import SeqopsError
+
+DEFAULT_SERIES = "main"
+
+
+class InvalidDataError(SeqopsError, ValueError):
+    """The raw table breaks the task's schema; nothing has been written."""
+
+
+def _first_row(mask: pd.Series | np.ndarray) -> int:
+    return int(np.flatnonzero(np.asarray(mask))[0]) + 1
+
+
+def validate_timeseries(frame: pd.DataFrame, *, timestamp: str, target: str, covariates: list[str],
+                        series_id: str | None, name: str) -> pd.DataFrame:
+    """Check and normalise a time-series table.
+
+    Returns columns [series_id, timestamp, target, *covariates]: timestamps parsed, values float64,
+    rows in file order. NaN values are allowed (they are gaps, filled later by params.gap_fill);
+    anything that is neither a number nor empty is an error.
+    """
+    if frame.empty:
+        raise InvalidDataError(f"{name}: the table has no rows")
+    required = [timestamp, target, *covariates] + ([series_id] if series_id else [])
+    for column in required:
+        if column not in frame.columns:
+            raise InvalidDataError(f"{name}: missing column {column!r} (found columns: {list(frame.columns)})")
+
+    out = pd.DataFrame(index=frame.index)
+    out["series_id"] = frame[series_id].astype(str) if series_id else DEFAULT_SERIES
+    stamps = pd.to_datetime(frame[timestamp], errors="coerce")
+    bad = stamps.isna()
+    if bad.any():
+        row = _first_row(bad)
+        raise InvalidDataError(f"{name}: column {timestamp!r} row {row}: "
+                              f"{frame[timestamp].iloc[row - 1]!r} is not a timestamp")
+    out["timestamp"] = stamps.astype("datetime64[ns]")
+
+    for column in [target, *covariates]:
+        raw = frame[column]
+        values = pd.to_numeric(raw, errors="coerce")
+        bad = values.isna() & raw.notna()
+        if bad.any():
+            row = _first_row(bad)
+            raise InvalidDataError(f"{name}: column {column!r} row {row}: {raw.iloc[row - 1]!r} is not a number")
+        infinite = np.isinf(values.to_numpy(dtype=float))
+        if infinite.any():
+            row = _first_row(infinite)
+            raise InvalidDataError(f"{name}: column {column!r} row {row}: infinite value")
+        out[column] = values.astype("float64")
+        if out[column].isna().all():
+            raise InvalidDataError(f"{name}: column {column!r} has no values at all")
+
+    for sid, group in out.groupby("series_id", sort=False):
+        diffs = group["timestamp"].diff().iloc[1:]
+        where = f" (series {sid!r})" if series_id else ""
+        duplicate = (diffs == pd.Timedelta(0)).to_numpy()
+        if duplicate.any():
+            row = int(group.index[np.flatnonzero(duplicate)[0] + 1]) + 1
+            raise InvalidDataError(f"{name}: column {timestamp!r} row {row}: duplicate timestamp "
+                                  f"{group['timestamp'].loc[group.index[np.flatnonzero(duplicate)[0] + 1]]}{where}")
+        unsorted = (diffs < pd.Timedelta(0)).to_numpy()
+        if unsorted.any():
+            row = int(group.index[np.flatnonzero(unsorted)[0] + 1]) + 1
+            raise InvalidDataError(f"{name}: column {timestamp!r} row {row}: timestamps are not sorted "
+                                  f"ascending{where}")
+    return out.reset_index(drop=True)
+
+
+def regular_grid(group: pd.DataFrame) -> pd.DataFrame:
+    """Reindex one series onto its regular time grid, so missing rows become NaN gaps.
+
+    The step is the most common spacing; a series whose spacings are not whole multiples of it
+    has no regular grid and is an error rather than a silent resample.
+    """
+    diffs = group["timestamp"].diff().dropna()
+    if diffs.empty:
+        return group
+    step = diffs.mode().iloc[0]
+    if ((diffs % step) != pd.Timedelta(0)).any():
+        raise InvalidDataError(f"series {group['series_id'].iloc[0]!r}: timestamps are not on a regular grid "
+                              f"(most common step {step}, but some spacings are not multiples of it)")
+    grid = pd.date_range(group["timestamp"].iloc[0], group["timestamp"].iloc[-1], freq=step)
+    filled = group.set_index("timestamp").reindex(grid)
+    filled["series_id"] = group["series_id"].iloc[0]
+    return filled.rename_axis("timestamp").reset_index()[group.columns]
+
+
+def fill_gaps(frame: pd.DataFrame, value_columns: list[str], method: str) -> pd.DataFrame:
+    """Put every series on its grid, then fill gaps by `method` (interpolate | ffill | drop)."""
+    parts = []
+    for _, group in frame.groupby("series_id", sort=False):
+        group = regular_grid(group.reset_index(drop=True))
+        if method == "interpolate":
+            group[value_columns] = group[value_columns].interpolate(method="linear", limit_direction="both")
+        elif method == "ffill":
+            group[value_columns] = group[value_columns].ffill().bfill()
+        elif method == "drop":
+            group = group.dropna(subset=value_columns)
+        else:
+            raise ValueError(f"unknown gap_fill {method!r}")
+        parts.append(group)
+    return pd.concat(parts, ignore_index=True)
+
+
+DUPLICATE_POLICIES = ("keep", "drop")
+_SHOWN_ROWS = 5
+
+
+def _short(value: object, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _label(value: object) -> str | None:
+    """A label cell as a string: strings as they are, integers (a CSV of 0/1 labels) by their digits."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _rows(mask: pd.Series | np.ndarray, values: pd.Series) -> str:
+    """`rows 3 ('x'), 7 ('y') and 4 more`: the first few offending rows (1-based) with their values."""
+    positions = np.flatnonzero(np.asarray(mask))
+    shown = ", ".join(f"{p + 1} ({_short(values.iloc[p])})" for p in positions[:_SHOWN_ROWS])
+    more = f" and {len(positions) - _SHOWN_ROWS} more" if len(positions) > _SHOWN_ROWS else ""
+    return f"row{'s' if len(positions) > 1 else ''} {shown}{more}"
+
+
+def _as_text(value: object) -> str | None:
+    """A cell as text; None for a cell that is not text at all.
+
+    NaN/None are empty text (a blank CSV cell). Bytes must be valid UTF-8, and strings must encode
+    to UTF-8 (no lone surrogates, which `surrogateescape` decoding leaves behind), because Parquet and
+    the JSON vocabulary both store UTF-8.
+    """
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        return value
+    return None
+
+
+def validate_text(frame: pd.DataFrame, *, text: str, label: str, labels: list[str], duplicates: str,
+                  name: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Check and normalise a text-classification table.
+
+    Returns columns [text, label] in input order (index reset) and the counts of dropped rows:
+    `dropped_empty` (empty, whitespace-only or missing text: nothing to classify), and with
+    duplicates="drop" also `dropped_duplicates` (same text and label after collapsing whitespace; the
+    first is kept) and `dropped_conflicting` (every row of a text that carries more than one label:
+    keeping any of them would teach noise, and a copy could land in holdout with another label).
+    duplicates="keep" keeps repeats and conflicts as the source has them. Text that is not a string
+    (a number, a bool), bytes that are not UTF-8, and labels outside `labels` are errors, since
+    guessing would change the data silently.
+    """
+    if duplicates not in DUPLICATE_POLICIES:
+        raise ValueError(f"unknown duplicates policy {duplicates!r}; use one of {list(DUPLICATE_POLICIES)}")
+    if frame.empty:
+        raise InvalidDataError(f"{name}: the table has no rows")
+    for column in (text, label):
+        if column not in frame.columns:
+            raise InvalidDataError(f"{name}: missing column {column!r} (found columns: {list(frame.columns)})")
+
+    raw_text = frame[text].astype(object)
+    texts = raw_text.map(_as_text)
+    not_text = texts.isna()
+    undecodable = not_text & raw_text.map(lambda v: isinstance(v, (bytes, str)))
+    if undecodable.any():
+        raise InvalidDataError(f"{name}: column {text!r} {_rows(undecodable, raw_text)}: not valid UTF-8 "
+                              f"(fix the file's encoding, or re-save it as UTF-8)")
+    if not_text.any():
+        raise InvalidDataError(f"{name}: column {text!r} {_rows(not_text, raw_text)}: not text")
+
+    raw_label = frame[label].astype(object)
+    label_values = raw_label.map(_label)
+    unknown = ~label_values.isin(labels)
+    if unknown.any():
+        raise InvalidDataError(f"{name}: column {label!r} {_rows(unknown, raw_label)}: not one of the "
+                              f"declared labels {labels}")
+
+    out = pd.DataFrame({"text": texts.to_numpy(dtype=object), "label": label_values.to_numpy(dtype=object)})
+    key = out["text"].map(lambda s: " ".join(s.split()))
+    empty = key == ""
+    counts = {"dropped_empty": int(empty.sum()), "dropped_duplicates": 0, "dropped_conflicting": 0}
+    out, key = out[~empty], key[~empty]
+    if duplicates == "drop":
+        conflicting = key.map(out.groupby(key)["label"].nunique()) > 1
+        counts["dropped_conflicting"] = int(conflicting.sum())
+        out, key = out[~conflicting], key[~conflicting]
+        repeated = pd.DataFrame({"key": key, "label": out["label"]}).duplicated(keep="first")
+        counts["dropped_duplicates"] = int(repeated.sum())
+        out = out[~repeated]
+    if out.empty:
+        raise InvalidDataError(f"{name}: no rows left after dropping {counts}")
+    return out.astype(str).reset_index(drop=True), counts

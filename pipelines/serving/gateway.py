@@ -1,0 +1,395 @@
+"""The serving gateway: MLflow's scoring app for the `champion`, inside a thin ASGI wrapper.
+
+MLflow's stock server (`mlflow.pyfunc.scoring_server.init(model)`) answers a request without a
+Content-Type with a 500, accepts bodies of any size, exposes no metrics and never notices that
+the `champion` alias moved (MLflow issues #4039, #8007). The wrapper, per request:
+
+- reads the body up to serving.max_body_bytes (413 beyond, read and discarded so the client
+  sees the answer), treats a missing Content-Type (or curl's default for -d) as JSON, refuses
+  other types with a 415;
+- answers JSON on a fast path (pipelines/serving/requests.py: the pyfunc's own validation, unknown
+  columns and params refused), forwards CSV/Parquet and any other route to MLflow's app;
+- gives up after serving.request_timeout_s with a 504;
+- adds `X-Model-Version` to every response and counts it in /metrics (Prometheus).
+
+GET /health (and /ping) and /version describe the served model. A background thread per worker
+polls the registry every serving.poll_interval_s; when `champion` moves it loads the new version
+fully, then swaps one reference: a request pins the model it started with, so in-flight requests
+finish on the old one and none fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import json
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from pipelines.errors import SeqopsError
+from pipelines.serving.metrics import ROUTES, Metrics
+from pipelines.serving.requests import CSV, JSON, PARQUET, InputError, ModelInputs, check_table, error_body, invoke
+
+CONFIG_ENV = "SEQOPS_GATEWAY_CONFIG"
+CHAMPION = "champion"
+FORM = "application/x-www-form-urlencoded"  # what `curl -d` sends when not told otherwise
+DRAIN_LIMIT = 64 * 1024 * 1024  # past this, an oversized body is not even read: the connection closes
+
+log = logging.getLogger("seqops.gateway")
+
+
+class GatewayError(SeqopsError):
+    """The gateway cannot start (no champion, a model that does not load); the message says why."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """What a worker needs to serve a task; travels to uvicorn's worker processes as JSON."""
+
+    task: str
+    model_name: str
+    tracking_uri: str
+    max_body_bytes: int = 2 * 1024 * 1024
+    request_timeout_s: float = 10.0
+    poll_interval_s: float = 10.0
+    concurrency: int = 1
+    threads: int = 1
+
+    @classmethod
+    def from_params(cls, task: str, model_name: str, tracking_uri: str, serving: Any) -> "GatewayConfig":
+        """From params.yaml's `serving` section (pipelines.config.Serving)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"task", "model_name", "tracking_uri"}
+        return cls(task, model_name, tracking_uri, **{n: getattr(serving, n) for n in names})
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class Served:
+    """One loaded registry version, with everything a request needs from it."""
+
+    version: str
+    run_id: str | None
+    inputs: ModelInputs
+    predict: Any  # (DataFrame, params) -> predictions
+    app: Any  # MLflow's scoring app for this model
+    loaded_at: float
+
+    @property
+    def header(self) -> bytes:
+        return self.version.encode()
+
+
+def load_served(config: GatewayConfig, version: str | None = None) -> Served:
+    """Load a registered version (default: the current champion) fully, ready to swap in."""
+    from mlflow.pyfunc import scoring_server
+
+    mlflow.set_tracking_uri(config.tracking_uri)
+    mlflow.set_registry_uri(config.tracking_uri)
+    client = MlflowClient(config.tracking_uri, config.tracking_uri)
+    try:
+        found = (client.get_model_version_by_alias(config.model_name, CHAMPION) if version is None
+                 else client.get_model_version(config.model_name, version))
+    except MlflowException:
+        which = f"no version {version}" if version else f"no `{CHAMPION}` alias"
+        raise GatewayError(f"{config.model_name} has {which} in {config.tracking_uri}: "
+                           f"run `seqops run --task {config.task}` first") from None
+    uri = f"models:/{config.model_name}/{found.version}"
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise GatewayError(f"{uri} does not load: {type(e).__name__}: {first}") from None
+    torch.set_num_threads(config.threads)
+    impl = model._model_impl
+    python_model, context = getattr(impl, "python_model", None), getattr(impl, "context", None)
+    if python_model is not None and "params" in inspect.signature(python_model.predict).parameters:
+        def predict(frame: Any, params: Any) -> Any:
+            return python_model.predict(context, frame, params)
+    else:  # not one of our PythonModels: MLflow's predict (with its schema enforcement)
+        def predict(frame: Any, params: Any) -> Any:
+            return model.predict(frame, params=params)
+    # MLflow's app (forwarded CSV/Parquet) reads its timeout from the environment when built.
+    os.environ["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(max(1, math.ceil(config.request_timeout_s)))
+    return Served(str(found.version), found.run_id, ModelInputs.from_metadata(model.metadata), predict,
+                  scoring_server.init(model), time.time())
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Gateway:
+    """The ASGI application; `served` is swapped whole when the champion moves."""
+
+    def __init__(self, config: GatewayConfig, served: Served | None = None) -> None:
+        self.config = config
+        self.served = served or load_served(config)
+        self.metrics = Metrics(config.task)
+        self.metrics.version.labels(config.task).set(float(self.served.version))
+        self.executor = ThreadPoolExecutor(config.concurrency, thread_name_prefix="seqops-predict")
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    # ---- ASGI ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        served = self.served  # pinned: a reload during this request does not change it
+        method, path, started = scope["method"], scope["path"], time.perf_counter()
+        status = [500]
+
+        async def tracked(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), (b"x-model-version", served.header)]}
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            if path == "/invocations" and method == "POST":
+                await self._invocations(scope, receive, tracked, served)
+            elif path in ROUTES[1:] and method in ("GET", "HEAD"):
+                await self._info(path, tracked, served)
+            elif path in ROUTES:
+                allowed = "POST" if path == "/invocations" else "GET"
+                await _respond(tracked, 405, error_body(f"{method} {path} is not supported: use {allowed}"))
+            else:
+                await served.app(scope, receive, tracked)  # MLflow's own 404 / 405
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.observe(method, path, status[0], time.perf_counter() - started)
+
+    async def _invocations(self, scope: dict, receive: Any, send: Any, served: Served) -> None:
+        headers = dict(scope["headers"])
+        raw_type = headers.get(b"content-type", b"").decode("latin-1")
+        mime, *options = [part.strip() for part in raw_type.split(";")]
+        mime = mime.lower()
+        if mime in ("", FORM):  # no Content-Type (MLflow answers a 500), or curl's default for -d: JSON
+            mime = JSON
+        try:
+            body = await self._read_body(receive, headers.get(b"content-length"))
+        except BodyTooLarge as e:
+            await _respond(send, 413, error_body(str(e), "REQUEST_LIMIT_EXCEEDED"))
+            return
+        charset = next((o.split("=", 1)[1].strip().strip('"').lower() for o in options
+                        if o.lower().startswith("charset=")), "utf-8")
+        if charset not in ("utf-8", "utf8"):
+            await _respond(send, 415, error_body(f"charset {charset!r} is not supported: send UTF-8", "BAD_REQUEST"))
+            return
+        if mime == JSON:
+            status, payload = await self._predict(served, body)
+            await _respond(send, status, payload)
+        elif mime in (CSV, PARQUET):
+            try:
+                check_table(mime, body, served.inputs)
+            except InputError as e:
+                await _respond(send, e.status, error_body(e.message, e.error_code))
+                return
+            await served.app(scope, _replay(body, receive), send)
+        else:
+            message = (f"Content-Type {raw_type!r} is not supported: send {JSON} (the default when the header "
+                       f"is absent), {CSV} or {PARQUET}")
+            await _respond(send, 415, error_body(message, "BAD_REQUEST"))
+
+    async def _read_body(self, receive: Any, declared: bytes | None) -> bytes:
+        limit, chunks, size = self.config.max_body_bytes, [], 0
+        length = int(declared) if declared and declared.isdigit() else None
+        over = length is not None and length > limit
+        if length is not None and length > DRAIN_LIMIT:
+            raise BodyTooLarge(f"the request body is {length} bytes; at most {limit} are accepted "
+                               "(serving.max_body_bytes)")
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            over = over or size > limit
+            if not over:
+                chunks.append(chunk)
+            elif size > DRAIN_LIMIT:
+                break
+            if not message.get("more_body", False):
+                break
+        if over:  # read to the end (up to DRAIN_LIMIT) so the client is not cut off mid-upload
+            shown = length if length is not None else f"over {size}"
+            raise BodyTooLarge(f"the request body is {shown} bytes; at most {limit} are accepted "
+                               "(serving.max_body_bytes)")
+        return b"".join(chunks)
+
+    async def _predict(self, served: Served, body: bytes) -> tuple[int, bytes]:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.executor, invoke, served.predict, served.inputs, body)
+        try:
+            return await asyncio.wait_for(future, self.config.request_timeout_s)
+        except asyncio.TimeoutError:
+            message = (f"the request took longer than {self.config.request_timeout_s:g} s "
+                       "(serving.request_timeout_s); send fewer or shorter records")
+            return 504, error_body(message, "REQUEST_TIMEOUT")
+
+    async def _info(self, path: str, send: Any, served: Served) -> None:
+        if path == "/metrics":
+            await _respond(send, 200, self.metrics.exposition(), CONTENT_TYPE_LATEST.encode())
+            return
+        about = {"task": self.config.task, "model": self.config.model_name, "version": served.version}
+        if path == "/version":
+            about.update(run_id=served.run_id, model_uri=f"models:/{self.config.model_name}/{served.version}",
+                         loaded_at=served.loaded_at, mlflow_version=mlflow.__version__)
+        else:
+            about = {"status": "ok", **about}
+        await _respond(send, 200, json.dumps(about).encode())
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.start_polling()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ---- champion reloads ----------------------------------------------------------------------
+
+    def start_polling(self) -> None:
+        if self.config.poll_interval_s > 0 and self._poller is None:
+            self._poller = threading.Thread(target=self._poll, name="seqops-champion-poll", daemon=True)
+            self._poller.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.executor.shutdown(wait=False)
+        self.metrics.close()
+
+    def _poll(self) -> None:
+        client = MlflowClient(self.config.tracking_uri, self.config.tracking_uri)
+        failed: str | None = None
+        while not self._stop.wait(self.config.poll_interval_s):
+            try:
+                version = str(client.get_model_version_by_alias(self.config.model_name, CHAMPION).version)
+            except Exception as e:  # registry unreachable or alias removed: keep serving what we have
+                log.warning("champion poll failed (%s: %s); still serving v%s", type(e).__name__, e,
+                            self.served.version)
+                continue
+            if version in (self.served.version, failed):
+                continue
+            self.reload(version)
+            failed = None if self.served.version == version else version
+
+    def reload(self, version: str) -> bool:
+        """Load `version` fully, then swap it in; on failure keep serving the current one."""
+        previous = self.served.version
+        try:
+            served = load_served(self.config, version)
+        except Exception as e:
+            self.metrics.reloads.labels("failed").inc()
+            log.error("champion moved to v%s but it does not load (%s); still serving v%s", version, e, previous)
+            return False
+        self.served = served  # one reference swap: requests already running keep the model they pinned
+        self.metrics.version.labels(self.config.task).set(float(served.version))
+        self.metrics.reloads.labels("ok").inc()
+        log.info("champion moved: now serving %s v%s (was v%s)", self.config.model_name, version, previous)
+        return True
+
+
+async def _respond(send: Any, status: int, body: bytes, content_type: bytes = b"application/json") -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """A receive() that hands an already-read body to the next app, then waits on the real one."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> dict:
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
+def _tune_process() -> None:
+    """Settings for a server process (never applied on import: tests share their process).
+
+    pandas 3 stores strings as Arrow arrays by default; building the pyfunc's one-row result frame
+    that way and reading it back costs more than the model's forward on a small request (measured:
+    ~25 % of the server's CPU per request). The option is deprecated (gone in pandas 4, pinned 3.1
+    here): if it is refused, the server only gets slower.
+    """
+    import warnings
+
+    import pandas as pd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            pd.set_option("future.infer_string", False)
+        except Exception:  # pandas >= 4: the option is gone
+            pass
+    _configure_logging()
+
+
+def _configure_logging() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s:     [seqops] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def create_app() -> Gateway:
+    """uvicorn's factory for worker processes: each loads the champion and polls on its own."""
+    _tune_process()
+    config = GatewayConfig(**json.loads(os.environ[CONFIG_ENV]))
+    return Gateway(config)
+
+
+def serve(config: GatewayConfig, host: str, port: int, workers: int = 1, access_log: bool = False) -> None:
+    """Run the gateway under uvicorn (blocks). Raises GatewayError before binding when the champion
+    is missing or does not load."""
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    _tune_process()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    gateway = Gateway(config)  # loads here: a broken champion fails now, in one line, not in a worker
+    options = {"host": host, "port": port, "access_log": access_log, "log_level": "info", "lifespan": "on",
+               "server_header": False, "timeout_graceful_shutdown": max(5, math.ceil(config.request_timeout_s))}
+    if workers == 1:
+        uvicorn.run(gateway, **options)
+        return
+    gateway.close()
+    del gateway
+    os.environ[CONFIG_ENV] = config.to_json()
+    metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # workers write their metrics here; /metrics sums them
+        metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="seqops-metrics-")
+    try:
+        uvicorn.run("pipelines.serving.gateway:create_app", factory=True, workers=workers, **options)
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -1,0 +1,134 @@
+"""LightningDataModules over prepared data, producing the batch dicts models/ expects.
+
+Series, many_to_many: windows of one-step-ahead pairs from the training segment; validation is
+every series' train+validation sequence with the loss masked to the validation steps, so the
+network warms its state on the past exactly as it will at serving time.
+Series, encoder_decoder: (context window, following horizon) pairs; validation pairs are those
+whose horizon starts inside the validation segment.
+Text, many_to_one: token ids right-padded to the batch's longest text, with lengths, so the model
+packs them and reads each text's last real step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pipelines.prepare.features import SeriesTransform, Vocabulary, horizon_windows, training_windows
+
+
+class _Dicts(Dataset):
+    def __init__(self, **arrays: np.ndarray) -> None:
+        self.arrays = {k: torch.as_tensor(v) for k, v in arrays.items()}
+        self.length = len(next(iter(self.arrays.values())))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.arrays.items()}
+
+
+def load_segments(prepared: Path) -> tuple[SeriesTransform, list[tuple[np.ndarray, int, int]]]:
+    """The transform and, per series, (network-space values [T', F], n_train', n_validation)."""
+    transform = SeriesTransform.load(prepared / "transform.json")
+    series = pd.read_parquet(prepared / "series.parquet")
+    segments = []
+    for _, group in series.groupby("series_id", sort=False):
+        z = transform.to_inputs(group[list(transform.columns)].to_numpy())
+        n_train = int((group["split"] == "train").sum()) - transform.lost_steps
+        n_val = int((group["split"] == "validation").sum())
+        segments.append((z, n_train, n_val))
+    return transform, segments
+
+
+class SeriesDataModule(pl.LightningDataModule):
+    def __init__(self, prepared: Path, topology: str, window: int, stride: int, batch_size: int,
+                 horizon: int) -> None:
+        super().__init__()
+        self.prepared, self.topology = prepared, topology
+        self.window, self.stride, self.batch_size, self.horizon = window, stride, batch_size, horizon
+
+    def setup(self, stage: str | None = None) -> None:
+        self.transform, segments = load_segments(self.prepared)
+        if self.topology == "many_to_many":
+            self.train_set = self._many_to_many_train(segments)
+            self.val_set = self._many_to_many_val(segments)
+        elif self.topology == "encoder_decoder":
+            self.train_set, self.val_set = self._encoder_decoder(segments)
+        else:
+            raise ValueError(f"series tasks support many_to_many and encoder_decoder, not {self.topology!r}")
+
+    def _many_to_many_train(self, segments: list[tuple[np.ndarray, int, int]]) -> _Dicts:
+        pairs = [training_windows(z[:n_train], self.window, self.stride) for z, n_train, _ in segments]
+        length = min(p[0].shape[1] for p in pairs)
+        return _Dicts(x=np.concatenate([p[0][:, -length:] for p in pairs]),
+                      y=np.concatenate([p[1][:, -length:] for p in pairs]))
+
+    def _many_to_many_val(self, segments: list[tuple[np.ndarray, int, int]]) -> _Dicts:
+        longest = max(n_train + n_val for _, n_train, n_val in segments) - 1
+        features = segments[0][0].shape[1]
+        x = np.zeros((len(segments), longest, features), np.float32)
+        y = np.zeros((len(segments), longest, 1), np.float32)
+        mask = np.zeros((len(segments), longest), bool)
+        for i, (z, n_train, n_val) in enumerate(segments):
+            seq = z[:n_train + n_val]
+            offset = longest - (len(seq) - 1)  # right-align so every series ends at the last step
+            x[i, offset:] = seq[:-1]
+            y[i, offset:] = seq[1:, :1]
+            mask[i, offset + n_train - 1:] = True
+        return _Dicts(x=x, y=y, mask=mask)
+
+    def _encoder_decoder(self, segments: list[tuple[np.ndarray, int, int]]) -> tuple[_Dicts, _Dicts]:
+        train = [horizon_windows(z[:n_train], self.window, self.horizon, self.stride) for z, n_train, _ in segments]
+        val = []
+        for z, n_train, n_val in segments:
+            start = max(0, n_train - self.window)
+            val.append(horizon_windows(z[start:n_train + n_val], self.window, self.horizon, 1))
+        return (_Dicts(x=np.concatenate([t[0] for t in train]), y=np.concatenate([t[1] for t in train])),
+                _Dicts(x=np.concatenate([v[0] for v in val]), y=np.concatenate([v[1] for v in val])))
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(0)
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)
+
+
+class TextDataModule(pl.LightningDataModule):
+    def __init__(self, prepared: Path, labels: list[str], max_length: int, batch_size: int) -> None:
+        super().__init__()
+        self.prepared, self.labels = prepared, labels
+        self.max_length, self.batch_size = max_length, batch_size
+
+    def setup(self, stage: str | None = None) -> None:
+        self.vocabulary = Vocabulary.load(self.prepared / "vocabulary.json")
+        texts = pd.read_parquet(self.prepared / "texts.parquet")
+        index = {label: i for i, label in enumerate(self.labels)}
+        self.sets = {}
+        for split in ("train", "validation"):
+            part = texts[texts["split"] == split]
+            ids, lengths = self.vocabulary.encode_batch(part["text"].tolist(), self.max_length)
+            self.sets[split] = _Dicts(x=ids, lengths=lengths, y=part["label"].map(index).to_numpy(np.int64))
+
+    @staticmethod
+    def _trim(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Stack a batch and cut its padding to the longest text in it: packing then skips less."""
+        stacked = {k: torch.stack([item[k] for item in batch]) for k in batch[0]}
+        longest = int(stacked["lengths"].max())
+        stacked["x"] = stacked["x"][:, :longest]
+        return stacked
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(0)
+        return DataLoader(self.sets["train"], batch_size=self.batch_size, shuffle=True, generator=generator,
+                          collate_fn=self._trim)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.sets["validation"], batch_size=self.batch_size * 2, collate_fn=self._trim)
