@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from pipelines.data.calendar import calendar_grid, first_off_grid, infer_frequency, to_utc_naive
 from pipelines.errors import SeqopsError
 
 DEFAULT_SERIES = "main"
@@ -39,13 +40,13 @@ def validate_timeseries(frame: pd.DataFrame, *, timestamp: str, target: str, cov
 
     out = pd.DataFrame(index=frame.index)
     out["series_id"] = frame[series_id].astype(str) if series_id else DEFAULT_SERIES
-    stamps = pd.to_datetime(frame[timestamp], errors="coerce")
+    stamps = to_utc_naive(frame[timestamp])
     bad = stamps.isna()
     if bad.any():
         row = _first_row(bad)
         raise InvalidDataError(f"{name}: column {timestamp!r} row {row}: "
                               f"{frame[timestamp].iloc[row - 1]!r} is not a timestamp")
-    out["timestamp"] = stamps.astype("datetime64[ns]")
+    out["timestamp"] = stamps.to_numpy()
 
     for column in [target, *covariates]:
         raw = frame[column]
@@ -69,7 +70,9 @@ def validate_timeseries(frame: pd.DataFrame, *, timestamp: str, target: str, cov
         if duplicate.any():
             row = int(group.index[np.flatnonzero(duplicate)[0] + 1]) + 1
             raise InvalidDataError(f"{name}: column {timestamp!r} row {row}: duplicate timestamp "
-                                  f"{group['timestamp'].loc[group.index[np.flatnonzero(duplicate)[0] + 1]]}{where}")
+                                   f"{group['timestamp'].loc[group.index[np.flatnonzero(duplicate)[0] + 1]]}{where}"
+                                   f" (local times repeat an hour when daylight saving ends: export timestamps "
+                                   f"with their UTC offset, e.g. 2024-10-27T02:30:00+01:00)")
         unsorted = (diffs < pd.Timedelta(0)).to_numpy()
         if unsorted.any():
             row = int(group.index[np.flatnonzero(unsorted)[0] + 1]) + 1
@@ -78,30 +81,33 @@ def validate_timeseries(frame: pd.DataFrame, *, timestamp: str, target: str, cov
     return out.reset_index(drop=True)
 
 
-def regular_grid(group: pd.DataFrame) -> pd.DataFrame:
-    """Reindex one series onto its regular time grid, so missing rows become NaN gaps.
+def regular_grid(group: pd.DataFrame, freq: str | None = None) -> pd.DataFrame:
+    """Reindex one series onto its calendar grid (`freq`, or the inferred one), so missing rows become NaN.
 
-    The step is the most common spacing; a series whose spacings are not whole multiples of it
-    has no regular grid and is an error rather than a silent resample.
+    A series with a timestamp off that grid is an error naming its row (the group's index is the
+    row's position in the file) rather than a silent resample.
     """
-    diffs = group["timestamp"].diff().dropna()
-    if diffs.empty:
+    stamps = pd.DatetimeIndex(group["timestamp"])
+    if len(stamps) < 2:
         return group
-    step = diffs.mode().iloc[0]
-    if ((diffs % step) != pd.Timedelta(0)).any():
-        raise InvalidDataError(f"series {group['series_id'].iloc[0]!r}: timestamps are not on a regular grid "
-                              f"(most common step {step}, but some spacings are not multiples of it)")
-    grid = pd.date_range(group["timestamp"].iloc[0], group["timestamp"].iloc[-1], freq=step)
-    filled = group.set_index("timestamp").reindex(grid)
+    declared = freq is not None
+    freq = freq or infer_frequency(stamps)
+    off = first_off_grid(stamps, freq)
+    if off is not None:
+        raise InvalidDataError(
+            f"series {group['series_id'].iloc[0]!r}: row {int(group.index[off]) + 1} ({stamps[off]}) is not on "
+            f"the {'declared' if declared else 'inferred'} frequency {freq!r} of a grid starting at {stamps[0]}; "
+            f"set the task's `freq:` to the pandas offset alias of the data, or fix that row")
+    filled = group.set_index("timestamp").reindex(calendar_grid(stamps, freq))
     filled["series_id"] = group["series_id"].iloc[0]
     return filled.rename_axis("timestamp").reset_index()[group.columns]
 
 
-def fill_gaps(frame: pd.DataFrame, value_columns: list[str], method: str) -> pd.DataFrame:
-    """Put every series on its grid, then fill gaps by `method` (interpolate | ffill | drop)."""
+def fill_gaps(frame: pd.DataFrame, value_columns: list[str], method: str, freq: str | None = None) -> pd.DataFrame:
+    """Put every series on its calendar grid, then fill gaps by `method` (interpolate | ffill | drop)."""
     parts = []
     for _, group in frame.groupby("series_id", sort=False):
-        group = regular_grid(group.reset_index(drop=True))
+        group = regular_grid(group, freq).reset_index(drop=True)
         if method == "interpolate":
             group[value_columns] = group[value_columns].interpolate(method="linear", limit_direction="both")
         elif method == "ffill":

@@ -1,0 +1,89 @@
+"""Calendar frequencies: which regular grid a series lives on, and where a file leaves it.
+
+A fixed step (the most common spacing) cannot describe monthly, quarterly or yearly data: months
+have 28 to 31 days, so a monthly file looks irregular by `Timedelta`. Pandas offset aliases
+(`MS`, `ME`, `QS-JAN`, `W-SUN`, `B`, `h`, `30min`) do, and `pd.date_range(first, last, freq)`
+rebuilds the grid, gaps included. A task may name its alias (`freq:` in params.yaml); otherwise it
+is inferred: `pandas.infer_freq` when the series has no gaps, else the coarsest candidate grid
+that holds every timestamp (the one with the fewest slots, so daily data with a missing week is
+still daily, and weekday-only data is business-daily rather than daily with gaps).
+
+Timestamps with a UTC offset or `Z` are converted to UTC and stored without a zone, so one file
+mixing offsets (a daylight-saving change exported as +01:00 then +02:00) lands on one grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pandas.tseries.frequencies import to_offset
+
+MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
+
+
+def to_utc_naive(values: pd.Series) -> pd.Series:
+    """Parse timestamps; offset-stamped ones become UTC, naive ones stay as written. Unparseable: NaT."""
+    return pd.to_datetime(values, errors="coerce", utc=True).dt.tz_localize(None).astype("datetime64[ns]")
+
+
+def frequency_error(freq: str) -> str | None:
+    """None when `freq` is a pandas offset alias, else a message saying what to write instead."""
+    try:
+        to_offset(freq)
+    except (ValueError, TypeError):
+        return (f"{freq!r} is not a pandas offset alias; use e.g. min, 30min, h, D, B, W-SUN, MS, ME, "
+                "QS, QE, YS or YE")
+    return None
+
+
+def _grid(first: pd.Timestamp, last: pd.Timestamp, freq: str) -> pd.DatetimeIndex:
+    return pd.date_range(first, last, freq=freq)
+
+
+def _on_grid(stamps: pd.DatetimeIndex, freq: str) -> int:
+    """How many timestamps are slots of the grid `freq` anchored at the first one (0 if it cannot start there)."""
+    grid = _grid(stamps[0], stamps[-1], freq)
+    return int(stamps.isin(grid).sum()) if len(grid) and grid[0] == stamps[0] else 0
+
+
+def _candidates(stamps: pd.DatetimeIndex) -> list[str]:
+    """Calendar aliases anchored where this series starts, then the most common fixed step (calendar
+    aliases win a tie: weekly data on Sundays is W-SUN, not 7D)."""
+    month, weekday = MONTHS[stamps[0].month - 1], WEEKDAYS[stamps[0].weekday()]
+    step = pd.Timedelta(int(pd.Series(np.diff(stamps.asi8)).mode().iloc[0]), "ns")
+    fixed = to_offset(f"{step.days}D" if step % pd.Timedelta(days=1) == pd.Timedelta(0) else step).freqstr
+    return [f"YS-{month}", f"YE-{month}", f"QS-{month}", f"QE-{month}", "MS", "ME", f"W-{weekday}", "B", fixed]
+
+
+def infer_frequency(stamps: pd.DatetimeIndex) -> str:
+    """The series' offset alias: exact when it has no gaps, else the coarsest grid holding every timestamp.
+
+    When no candidate holds them all (an irregular file), the one holding the most, so that
+    `first_off_grid` names the row that breaks the calendar the rest of the file follows.
+    """
+    if len(stamps) < 2:
+        return "D"
+    if len(stamps) >= 3:
+        with pd.option_context("future.infer_freq_returns_offset", True):
+            exact = pd.infer_freq(stamps)
+        if exact is not None:
+            return exact.freqstr
+    candidates = _candidates(stamps)
+    scored = [(-_on_grid(stamps, c), len(_grid(stamps[0], stamps[-1], c)), rank, c)
+              for rank, c in enumerate(candidates)]
+    return min(scored)[3]
+
+
+def first_off_grid(stamps: pd.DatetimeIndex, freq: str) -> int | None:
+    """Position of the first timestamp that is not a slot of the grid `freq` anchored at the first one."""
+    grid = _grid(stamps[0], stamps[-1], freq)
+    if len(grid) == 0 or grid[0] != stamps[0]:
+        return 0
+    off = np.flatnonzero(~stamps.isin(grid))
+    return int(off[0]) if len(off) else None
+
+
+def calendar_grid(stamps: pd.DatetimeIndex, freq: str) -> pd.DatetimeIndex:
+    """Every slot from the first to the last timestamp: missing slots become gaps to fill."""
+    return _grid(stamps[0], stamps[-1], freq)

@@ -1,0 +1,82 @@
+"""Calendar frequencies: monthly, quarterly, yearly, weekly, business-day and sub-daily series load onto
+their grid with gaps found; offset-stamped timestamps are read as UTC; an irregular file names its row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.data.calendar import frequency_error, infer_frequency, to_utc_naive
+from pipelines.data.validate import InvalidDataError, fill_gaps, validate_timeseries
+
+
+def series(stamps: pd.DatetimeIndex | list, values: list[float] | None = None) -> pd.DataFrame:
+    stamps = pd.DatetimeIndex(stamps)
+    values = values if values is not None else [float(i) for i in range(len(stamps))]
+    frame = pd.DataFrame({"date": stamps.astype(str), "y": values})
+    return validate_timeseries(frame, timestamp="date", target="y", covariates=[], series_id=None, name="t.csv")
+
+
+@pytest.mark.parametrize("freq", ["MS", "ME", "QS-JAN", "QE-DEC", "YS-JAN", "YE-DEC", "W-SUN", "W-WED", "B", "D",
+                                  "h", "30min", "15min"])
+def test_a_gapless_series_infers_its_alias(freq: str) -> None:
+    start = "2001-01-03" if freq == "B" else "2000-01-01"
+    stamps = pd.date_range(start, periods=40, freq=freq)
+    assert infer_frequency(stamps) == pd.tseries.frequencies.to_offset(freq).freqstr
+
+
+@pytest.mark.parametrize("freq", ["MS", "ME", "QS-JAN", "YS-JAN", "W-SUN", "B", "D", "h", "30min"])
+def test_a_series_with_gaps_keeps_its_calendar_and_the_gaps_are_filled(freq: str) -> None:
+    stamps = pd.date_range("2001-01-01", periods=60, freq=freq)
+    kept = np.delete(np.arange(60), [5, 6, 30])
+    clean = series(stamps[kept], [float(i) for i in kept])
+    assert infer_frequency(pd.DatetimeIndex(clean["timestamp"])) == pd.tseries.frequencies.to_offset(freq).freqstr
+    filled = fill_gaps(clean, ["y"], "interpolate")
+    assert list(filled["timestamp"]) == list(stamps)
+    assert np.allclose(filled["y"].to_numpy(), np.arange(60.0))
+
+
+def test_monthly_data_is_not_refused_for_its_uneven_day_counts() -> None:
+    stamps = pd.date_range("1990-01-01", periods=120, freq="MS")
+    filled = fill_gaps(series(stamps), ["y"], "interpolate")
+    assert len(filled) == 120
+
+
+def test_a_declared_frequency_is_used_instead_of_the_inferred_one() -> None:
+    stamps = pd.date_range("2001-01-01", periods=10, freq="2D")
+    filled = fill_gaps(series(stamps), ["y"], "interpolate", freq="D")
+    assert len(filled) == 19 and filled["y"].iloc[1] == pytest.approx(0.5)
+
+
+def test_an_irregular_file_names_its_first_bad_row_and_the_frequency() -> None:
+    stamps = list(pd.date_range("2001-01-01", periods=30, freq="MS"))
+    stamps[17] = pd.Timestamp("2002-06-15")
+    with pytest.raises(InvalidDataError, match=r"row 18 \(2002-06-15 00:00:00\) is not on the inferred frequency 'MS'"):
+        fill_gaps(series(stamps), ["y"], "interpolate")
+
+
+def test_offset_stamped_hourly_data_is_read_as_utc() -> None:
+    frame = pd.DataFrame({"date": ["2024-03-31T00:00:00+01:00", "2024-03-31T00:00:00Z", "2024-03-31T03:00:00+02:00",
+                                   "2024-03-31T02:00:00+00:00"], "y": [1.0, 2.0, 3.0, 4.0]})
+    clean = validate_timeseries(frame, timestamp="date", target="y", covariates=[], series_id=None, name="t.csv")
+    assert [str(t) for t in clean["timestamp"]] == ["2024-03-30 23:00:00", "2024-03-31 00:00:00",
+                                                    "2024-03-31 01:00:00", "2024-03-31 02:00:00"]
+    assert len(fill_gaps(clean, ["y"], "interpolate")) == 4
+
+
+def test_a_repeated_local_hour_is_refused_with_its_row_and_why() -> None:
+    frame = pd.DataFrame({"date": ["2024-10-27 01:00", "2024-10-27 02:00", "2024-10-27 02:00", "2024-10-27 03:00"],
+                          "y": [1.0, 2.0, 3.0, 4.0]})
+    with pytest.raises(InvalidDataError, match=r"row 3: duplicate timestamp .*daylight saving"):
+        validate_timeseries(frame, timestamp="date", target="y", covariates=[], series_id=None, name="t.csv")
+
+
+def test_naive_timestamps_are_kept_as_written() -> None:
+    parsed = to_utc_naive(pd.Series(["2001-01-01 12:00", "not a date"]))
+    assert str(parsed.iloc[0]) == "2001-01-01 12:00:00" and pd.isna(parsed.iloc[1])
+
+
+def test_an_unknown_alias_is_named_with_examples() -> None:
+    assert frequency_error("MS") is None
+    assert "not a pandas offset alias" in frequency_error("monthly")
