@@ -13,7 +13,8 @@ from typing import Any
 
 from models.heads import HEADS, check_head
 from models.recurrent import CELLS
-from models.topologies import CAUSAL, CONDITIONS, TOKEN_INPUTS, TOPOLOGIES, reject_bidirectional
+from models.rules import check_bidirectional, check_dropout, check_target_index, check_tbptt, check_vocabulary
+from models.topologies import CONDITIONS, TOPOLOGIES, topology_class
 
 CLIP_ALGORITHMS = ("norm", "value", None)
 SCHEDULERS = (None, "step", "cosine")
@@ -88,13 +89,7 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.{name}={value!r} must be a positive integer")
 
     def _check_ranges(self) -> None:
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ModelConfig.dropout={self.dropout!r} must be in [0, 1)")
-        if self.dropout > 0.0 and self.num_layers == 1:
-            raise ValueError(
-                f"ModelConfig.dropout={self.dropout!r} with num_layers=1 would do nothing: recurrent dropout acts "
-                "between stacked layers; set num_layers >= 2 or dropout=0"
-            )
+        check_dropout(self.dropout, self.num_layers)
         if self.clip_algorithm is not None and not self.clip_value > 0:
             raise ValueError(f"ModelConfig.clip_value={self.clip_value!r} must be > 0 when clip_algorithm is set")
         if not self.lr > 0:
@@ -107,41 +102,16 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.scheduler_gamma={self.scheduler_gamma!r} must be in (0, 1]")
 
     def _check_topology(self) -> None:
-        if self.topology in CAUSAL:
-            reject_bidirectional(self.topology, self.bidirectional)
-        if (self.k1 is not None or self.k2 is not None) and self.topology != "many_to_many":
+        topology = topology_class(self.topology)
+        check_bidirectional(topology, self.bidirectional)
+        check_tbptt(topology, self.k1, self.k2)
+        check_vocabulary(topology, self.vocab_size, self.embedding_dim)
+        if topology.decodes_targets and (self.head != "regression" or self.output_size != 1):
             raise ValueError(
-                f"ModelConfig.k1/k2 (TBPTT) apply to topology='many_to_many' only, got topology={self.topology!r}: "
-                "the other topologies put their loss on one output or on a decoded horizon; leave k1 and k2 None"
-            )
-        if self.k1 is None and self.k2 is not None:
-            raise ValueError(
-                f"ModelConfig.k2={self.k2} needs k1: with k1=None each update covers the whole batch, so k2 >= k1 "
-                "cannot hold; set k1 (the update interval) <= k2"
-            )
-        if self.k1 is not None and self.k2 is not None and self.k2 < self.k1:
-            raise ValueError(
-                f"ModelConfig needs k2 >= k1 (got k1={self.k1}, k2={self.k2}): the loss sits on the newest k1 "
-                "outputs and backprop must reach all of them"
-            )
-        if self.vocab_size is not None:
-            if self.topology not in TOKEN_INPUTS:
-                raise ValueError(
-                    f"ModelConfig.vocab_size (token inputs) needs a topology in {TOKEN_INPUTS}, got {self.topology!r}"
-                )
-            if self.embedding_dim is None:
-                raise ValueError(
-                    "ModelConfig.vocab_size is set: set embedding_dim too (the width of each token vector)"
-                )
-        if self.topology == "encoder_decoder" and (self.head != "regression" or self.output_size != 1):
-            raise ValueError(
-                "ModelConfig topology='encoder_decoder' feeds the previous target value back into the decoder: it "
+                f"ModelConfig topology={self.topology!r} feeds the previous target value back into the decoder: it "
                 f"needs head='regression' and output_size=1, got head={self.head!r}, output_size={self.output_size}"
             )
-        if not 0 <= self.target_index < self.input_size:
-            raise ValueError(
-                f"ModelConfig.target_index={self.target_index} must index one of input_size={self.input_size} features"
-            )
+        check_target_index(self.target_index, self.input_size)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only: safe for Lightning hparams, YAML and MLflow params."""

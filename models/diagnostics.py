@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -137,6 +136,21 @@ def default_lags(max_lag: int) -> list[int]:
     return sorted({0, *powers, max_lag})
 
 
+def vanishing_advice(module: torch.nn.Module) -> str:
+    """What to try against a vanishing gradient, fitted to the module's cells: a gated cell helps an Elman
+    rnn, and is no advice to a model that already has one."""
+    cells = {m.cell for m in module.modules() if isinstance(m, RecurrentCore)}
+    if any(not GATES[cell] for cell in cells):
+        return (
+            "Consider a gated cell (lstm or gru), a smaller k2 (cheaper, same signal), or recurrent weights "
+            "initialised nearer spectral radius 1."
+        )
+    return (
+        "The cells are already gated: consider a smaller k2 (cheaper, same signal), or check whether the task "
+        "needs memory that far back."
+    )
+
+
 class GradientHealth(pl.Callback):
     """Logs gradient health through the attached logger(s) against ``trainer.global_step`` (optimizer
     steps, which with chunked TBPTT is not the batch count) and keeps every record in ``history``.
@@ -149,7 +163,8 @@ class GradientHealth(pl.Callback):
     The lag probe needs the module to offer ``gradient_lag_profile(batch, max_lag) -> Tensor | None``
     (SequenceModel does); it runs on the current batch every ``probe_every_n_steps`` optimizer steps, on a
     forked RNG so that probing does not change the training run. When the gradient at the largest lag
-    (k2 by default) falls below ``vanishing_threshold`` times the gradient at lag 0, it warns.
+    (k2 by default) falls below ``vanishing_threshold`` times the gradient at lag 0, it logs a warning
+    (once, through this module's logger) with advice that fits the model's cells.
     """
 
     def __init__(
@@ -196,10 +211,10 @@ class GradientHealth(pl.Callback):
             logger.log_metrics(metrics, step=step)
 
     def _warn_once(self, key: str, message: str) -> None:
+        """One channel (the logger, at WARNING), once per kind of finding: the console shows it once."""
         if key not in self._warned:
             self._warned.add(key)
             log.warning(message)
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def _explode(self, trainer: pl.Trainer, what: str) -> None:
         bad = []
@@ -301,8 +316,8 @@ class GradientHealth(pl.Callback):
             self._warn_once(
                 "vanishing",
                 f"Vanishing gradient at step {step}: ||dL/dh|| at lag {max_lag} is {ratio:.2e} of its value at lag 0 "
-                f"(threshold {self.vanishing_threshold:g}); steps that far back barely learn. Consider an lstm/gru "
-                "cell, a smaller k2 (cheaper, same signal), or recurrent weights initialised nearer spectral radius 1.",
+                f"(threshold {self.vanishing_threshold:g}); steps that far back barely learn. "
+                + vanishing_advice(pl_module),
             )
 
     def _log_spectral(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -24,11 +24,9 @@ import torch
 from torch import Tensor
 
 from models.config import ModelConfig
-from models.diagnostics import lag_profile
-from models.heads import activate, masked_sum, per_step_loss
-from models.recurrent import State, detach_state, map_state
-from models.tbptt import truncated_bptt
-from models.topologies import build_topology, top_hidden
+from models.heads import activate
+from models.recurrent import State, map_state
+from models.topologies import FORECASTERS, PER_SEQUENCE, build_topology
 
 __all__ = ["ModelConfig", "SequenceModel"]
 
@@ -37,22 +35,6 @@ def _require(batch: Mapping[str, Any], key: str, topology: str) -> Any:
     if key not in batch:
         raise KeyError(f"a {topology} batch needs the key {key!r}; it has {sorted(batch)} (see models/module.py)")
     return batch[key]
-
-
-def _clean_targets(y: Tensor, mask: Tensor | None) -> Tensor:
-    """Zero the targets of masked steps: a NaN there would turn the masked loss's gradient into NaN."""
-    if mask is None:
-        return y
-    keep = mask.to(torch.bool).reshape(mask.shape + (1,) * (y.dim() - mask.dim()))  # [B, T, 1...]
-    return torch.where(keep, y, torch.zeros_like(y))  # y's shape
-
-
-def _last_valid(mask: Tensor | None, batch: int, steps: int, device: torch.device) -> Tensor:
-    """Index of each row's last unmasked step (T-1 without a mask): where its loss sits in a lag probe."""
-    if mask is None:
-        return torch.full((batch,), steps - 1, dtype=torch.long, device=device)  # [B]
-    order = torch.arange(steps, device=device).expand(batch, steps)  # [B, T]
-    return torch.where(mask.to(torch.bool), order, torch.zeros_like(order)).max(dim=1).values  # [B]
 
 
 class SequenceModel(pl.LightningModule):
@@ -93,12 +75,7 @@ class SequenceModel(pl.LightningModule):
 
     def forward(self, batch: Mapping[str, Any]) -> Tensor:
         """Raw outputs (values or logits) for a batch, at inference settings (no teacher forcing, zero state)."""
-        topology, x = self.config.topology, batch["x"]
-        if topology == "many_to_many":
-            return self.net(x)[0]  # [B, T, O]
-        if topology == "many_to_one":
-            return self.net(x, self._lengths(batch))  # [B, O]
-        return self.net(x, self._horizon(batch))  # [B, horizon, O]
+        return self.net.infer(batch)  # [B, T, O], [B, O] or [B, horizon, O]
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int = 0, dataloader_idx: int = 0) -> Tensor:
         """Activated predictions for any topology: values, P(y=1) or class probabilities."""
@@ -107,14 +84,13 @@ class SequenceModel(pl.LightningModule):
     def forecast(self, history: Tensor, horizon: int) -> Tensor:
         """Forecast ``horizon`` steps after ``history`` [B, T, F]: returns [B, horizon, 1].
 
-        many_to_many (trained so that output t predicts the target at t+1) runs autoregressively: each
-        prediction is fed back as feature ``target_index`` of the next input; the other features
-        (covariates) are held at their last observed value, since their future is unknown.
-        encoder_decoder decodes the horizon from the encoded history, feeding back its own predictions.
+        The topology decides how (many_to_many runs autoregressively, feeding each prediction back as the
+        target feature; encoder_decoder decodes the horizon from the encoded history); this checks that the
+        model can forecast at all and runs it at inference settings.
         """
         cfg = self.config
-        if cfg.topology not in ("many_to_many", "encoder_decoder"):
-            raise ValueError(f"forecast needs topology many_to_many or encoder_decoder, this model is {cfg.topology!r}")
+        if not self.net.forecasts:
+            raise ValueError(f"forecast needs a forecasting topology {FORECASTERS}, this model is {cfg.topology!r}")
         if cfg.head != "regression" or cfg.output_size != 1 or cfg.vocab_size is not None:
             raise ValueError(
                 "forecast feeds predictions back as an input feature: "
@@ -126,26 +102,15 @@ class SequenceModel(pl.LightningModule):
             raise ValueError(f"horizon={horizon} must be >= 1")
         with self._inference():
             history = history.to(self.device, next(self.parameters()).dtype)  # [B, T, F]
-            if cfg.topology == "encoder_decoder":
-                return self.net(history, horizon)  # [B, horizon, 1]
-            pred, state = self.net(history)  # [B, T, 1]
-            step = pred[:, -1]  # [B, 1]
-            x_next = history[:, -1].clone()  # [B, F]
-            steps = [step]
-            for _ in range(horizon - 1):
-                x_next = x_next.clone()  # [B, F]
-                x_next[:, cfg.target_index] = step[:, 0]
-                pred, state = self.net(x_next[:, None], state)  # [B, 1, 1]
-                step = pred[:, 0]  # [B, 1]
-                steps.append(step)
-            return torch.stack(steps, dim=1)  # [B, horizon, 1]
+            return self.net.forecast(history, horizon)  # [B, horizon, 1]
 
     def predict_proba(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Class probabilities [B, C] of a many_to_one classifier (binary: C = 2, columns P(0), P(1))."""
+        """Class probabilities [B, C] of a per-sequence classifier (binary: C = 2, columns P(0), P(1))."""
         cfg = self.config
-        if cfg.topology != "many_to_one" or cfg.head == "regression":
+        if not self.net.per_sequence or cfg.head == "regression":
             raise ValueError(
-                f"predict_proba needs a many_to_one binary/multiclass model, this is {cfg.topology}/{cfg.head}"
+                f"predict_proba needs a binary/multiclass model with a per-sequence topology {PER_SEQUENCE}, "
+                f"this is {cfg.topology}/{cfg.head}"
             )
         with self._inference():
             probs = self.predict_step({"x": x.to(self.device), "lengths": lengths})  # [B, 1] or [B, C]
@@ -162,20 +127,6 @@ class SequenceModel(pl.LightningModule):
                 yield
         finally:
             self.train(was_training)
-
-    def _lengths(self, batch: Mapping[str, Any]) -> Tensor:
-        lengths = batch.get("lengths")
-        if lengths is None:
-            x = batch["x"]
-            return torch.full((x.shape[0],), x.shape[1], dtype=torch.long)  # [B]
-        return lengths
-
-    def _horizon(self, batch: Mapping[str, Any]) -> int:
-        if "y" in batch:
-            return int(batch["y"].shape[1])
-        if "horizon" in batch:
-            return int(batch["horizon"])
-        raise KeyError(f"a {self.config.topology} batch needs 'y' or 'horizon' to know how many steps to produce")
 
     # ---- training ---------------------------------------------------------------------------------
 
@@ -195,38 +146,14 @@ class SequenceModel(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        """One batch: TBPTT updates for many_to_many, a single update otherwise."""
+        """One batch: the topology takes its updates (TBPTT for a truncating one, a single update otherwise)
+        through ``_update``; the state it returns is carried into the next batch."""
         cfg, opt = self.config, self.optimizers()
         x = _require(batch, "x", cfg.topology)
-        y = _require(batch, "y", cfg.topology)
-        if cfg.topology == "many_to_many":
-            mask = batch.get("mask")
-            y = _clean_targets(y, mask)
-
-            def chunk_loss(pred: Tensor, start: int, end: int) -> tuple[Tensor, Tensor]:
-                loss = per_step_loss(cfg.head, pred, y[:, start:end])  # [B, k1]
-                return masked_sum(loss, None if mask is None else mask[:, start:end])
-
-            result = truncated_bptt(
-                self.net,
-                x,
-                chunk_loss,
-                lambda loss: self._update(opt, loss),
-                cfg.k1,
-                cfg.k2,
-                self._start_state("train", batch),
-            )
-            self.carried_state["train"] = result.state
-            loss = result.loss
-        else:
-            if cfg.topology == "many_to_one":
-                pred = self.net(x, self._lengths(batch))  # [B, O]
-            elif cfg.topology == "one_to_many":
-                pred = self.net(x, y.shape[1])  # [B, T, O]
-            else:
-                pred = self.net(x, y.shape[1], target=y, teacher_forcing=cfg.teacher_forcing)  # [B, H, 1]
-            loss = self._loss(pred, batch)
-            self._update(opt, loss)
+        _require(batch, "y", cfg.topology)
+        loss, self.carried_state["train"] = self.net.fit_batch(
+            batch, cfg, lambda loss: self._update(opt, loss), self._start_state("train", batch)
+        )
         self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
         return loss.detach()
 
@@ -246,29 +173,18 @@ class SequenceModel(pl.LightningModule):
             scheduler.step()
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        """Scored at inference settings: encoder_decoder decodes autoregressively; many_to_many carries its
-        own validation state (separate from training's)."""
+        """Scored at inference settings (encoder_decoder decodes autoregressively); a topology that carries
+        state carries its own validation state, separate from training's."""
         cfg = self.config
         x = _require(batch, "x", cfg.topology)
         _require(batch, "y", cfg.topology)
-        if cfg.topology == "many_to_many":
-            pred, state = self.net(x, self._start_state("val", batch))  # [B, T, O]
-            self.carried_state["val"] = detach_state(state)
-        else:
-            pred = self(batch)  # [B, O] or [B, H, O]
-        loss = self._loss(pred, batch)
+        pred, self.carried_state["val"] = self.net.validation_outputs(batch, self._start_state("val", batch))
+        loss = self.net.loss(cfg.head, pred, batch)
         self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
         return loss
 
-    def _loss(self, pred: Tensor, batch: Mapping[str, Any]) -> Tensor:
-        """Mean per-step loss over valid steps (the mask applies to per-step topologies)."""
-        mask = None if self.config.topology == "many_to_one" else batch.get("mask")
-        loss = per_step_loss(self.config.head, pred, _clean_targets(batch["y"], mask))  # [B] or [B, T]
-        total, count = masked_sum(loss, mask)
-        return total / count.clamp_min(1.0)
-
     def _start_state(self, phase: str, batch: Mapping[str, Any]) -> State | None:
-        """The state a many_to_many batch starts from: zeros on reset, else the one carried from the last batch."""
+        """The state a batch starts from: zeros on reset, else the one the topology carried from the last batch."""
         carried, reset = self.carried_state[phase], batch.get("reset", True)
         if carried is None:
             return None
@@ -303,36 +219,10 @@ class SequenceModel(pl.LightningModule):
 
     def gradient_lag_profile(self, batch: Mapping[str, Any], max_lag: int | None = None) -> Tensor | None:
         """||dL/dh_t|| by lag from the loss, on one batch (see diagnostics.lag_profile); None for a
-        bidirectional core, whose states have no causal lag. Default max_lag: k2, else the sequence length - 1.
+        bidirectional core, whose states have no causal lag. The topology says where its loss sits and how far
+        back to look by default (k2 under TBPTT, else the sequence length - 1).
         On a GPU call it in training mode (as GradientHealth does): cuDNN's RNN backward refuses eval mode."""
-        cfg = self.config
-        if cfg.bidirectional:
+        if self.config.bidirectional:
             return None
-        x, y, head, net = batch["x"], batch["y"], cfg.head, self.net
         with torch.enable_grad():
-            if cfg.topology == "encoder_decoder":
-                first = net.first_input(x)  # [B, 1]
-
-                def decoded_loss(state: State) -> Tensor:
-                    pred = net.decode(state, first, y.shape[1], y, 1.0)  # [B, H, 1]
-                    return per_step_loss(head, pred, y).sum()
-
-                return lag_profile(net.encoder, x, decoded_loss, max_lag=max_lag)
-            if cfg.topology == "one_to_many":
-                inputs, state = net.core_inputs(x, y.shape[1])  # [B, T, F'], [L, B, H]
-                target, positions = y[:, -1], None  # [B, O]
-            else:
-                inputs, state = net.embed(x), None  # [B, T, F]
-                if cfg.topology == "many_to_one":
-                    positions = self._lengths(batch).to(x.device) - 1  # [B]
-                    target = y  # [B]
-                else:
-                    mask = batch.get("mask")
-                    positions = _last_valid(mask, x.shape[0], x.shape[1], x.device)  # [B]
-                    target = _clean_targets(y, mask)[torch.arange(x.shape[0], device=x.device), positions]  # [B, O]
-                    max_lag = cfg.k2 if max_lag is None else max_lag
-
-            def last_step_loss(state: State) -> Tensor:
-                return per_step_loss(head, net.head(top_hidden(state)), target).sum()
-
-            return lag_profile(net.core, inputs, last_step_loss, state=state, positions=positions, max_lag=max_lag)
+            return self.net.lag_profile(batch, self.config, max_lag)  # [max_lag + 1]

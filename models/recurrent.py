@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from models.rules import check_dropout
+
 State = Tensor | tuple[Tensor, Tensor]
 """``h`` ([L*D, B, H]) for rnn and gru; ``(h, c)`` for lstm."""
 
@@ -64,13 +66,7 @@ class RecurrentCore(nn.Module):
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout={dropout!r} must be in [0, 1)")
-        if dropout > 0.0 and num_layers == 1:
-            raise ValueError(
-                f"dropout={dropout!r} with num_layers=1 would do nothing: the core's dropout acts between "
-                "stacked layers only; set num_layers >= 2 or dropout=0"
-            )
+        check_dropout(dropout, num_layers)
         self.cell = cell
         self.input_size = input_size
         self.hidden_size = hidden_size

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from models.recurrent import State, detach_state
+from models.rules import check_tbptt_window
 
 StepFn = Callable[[Tensor, "State | None"], "tuple[Tensor, State]"]
 """Runs a chunk [B, t, ...] from a state; returns predictions [B, t, O] and the state after it."""
@@ -55,11 +56,7 @@ def resolve_window(T: int, k1: int | None, k2: int | None) -> tuple[int, int]:
         raise ValueError(f"the sequence must have at least one step, got T={T}")
     k1_eff = T if k1 is None else min(k1, T)
     k2_eff = T if k2 is None else min(k2, T)
-    if k1_eff < 1 or k2_eff < k1_eff:
-        raise ValueError(
-            f"TBPTT needs 1 <= k1 <= k2: the loss sits on the newest k1 outputs and backprop must reach all "
-            f"of them; got k1={k1}, k2={k2} (T={T})"
-        )
+    check_tbptt_window(k1_eff, k2_eff)
     return k1_eff, k2_eff
 
 

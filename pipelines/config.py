@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from models.rules import check_dropout, check_tbptt_window
 from pipelines.errors import SeqopsError
 from pipelines.project import params_path
 
@@ -35,7 +36,7 @@ class Variant(_Strict):
     hidden_size: PositiveInt = 32
     num_layers: PositiveInt = 1
     bidirectional: bool = False
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    dropout: float = 0.0
     topology: Literal["many_to_many", "many_to_one", "one_to_many", "encoder_decoder"] | None = None
     # TBPTT(k1, k2) for many_to_many: update every k1 steps, backpropagate through the last k2
     # (k2 default: k1). None: one update per window (full BPTT). Other topologies ignore them.
@@ -47,12 +48,10 @@ class Variant(_Strict):
     teacher_forcing: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
 
     @model_validator(mode="after")
-    def _k2_covers_k1(self) -> "Variant":
-        if self.k2 is not None and self.k1 is None:
-            raise ValueError("k2 needs k1: set k1 (steps between updates) <= k2")
-        if self.k2 is not None and self.k1 is not None and self.k2 < self.k1:
-            raise ValueError(f"k2 ({self.k2}) must be >= k1 ({self.k1}): each update backpropagates "
-                             "through at least the k1 new steps")
+    def _model_rules(self) -> "Variant":
+        """The rules models/ enforces (models/rules.py), checked here so params.yaml fails on load."""
+        check_tbptt_window(self.k1, self.k2)
+        check_dropout(self.dropout, self.num_layers)
         return self
 
 

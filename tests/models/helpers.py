@@ -80,7 +80,7 @@ def batch_loss(model: SequenceModel, batch: dict[str, Any]) -> float:
     """The model's loss on a batch at inference settings."""
     model.eval()
     with torch.no_grad():
-        loss = model._loss(model(batch), batch)
+        loss = model.net.loss(model.config.head, model(batch), batch)
     model.train()
     return float(loss)
 

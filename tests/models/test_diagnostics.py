@@ -1,5 +1,9 @@
 """Gradient health: spectral radii, the lag curve, clipping statistics, the NaN guard, the vanishing warning."""
 
+import logging
+import re
+import warnings
+
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -148,19 +152,44 @@ def test_non_finite_gradient_stops_training_before_the_weights_are_corrupted():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_vanishing_gradient_at_lag_k2_warns():
+def vanishing_warnings(caplog, model, threshold):
+    """Fit one batch under GradientHealth and return the vanishing-gradient log records; Python warnings fail it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the logger is the one channel: no warnings.warn as well
+        with caplog.at_level(logging.WARNING, logger="models.diagnostics"):
+            fit_with_health(
+                model, make_batch("many_to_many", "regression"), GradientHealth(vanishing_threshold=threshold), epochs=2
+            )
+    return [r for r in caplog.records if r.name == "models.diagnostics" and "Vanishing gradient" in r.getMessage()]
+
+
+def test_vanishing_gradient_at_lag_k2_is_logged_once_and_suggests_a_gated_cell_to_an_elman_rnn(caplog):
     model = make_model("many_to_many", "regression", "rnn", k1=10, k2=10)
     with torch.no_grad():
         model.net.core.rnn.weight_hh_l0.mul_(0.05)
-    with pytest.warns(RuntimeWarning, match="Vanishing gradient .* at lag 9"):
-        fit_with_health(model, make_batch("many_to_many", "regression"), GradientHealth(vanishing_threshold=1e-2))
+    records = vanishing_warnings(caplog, model, threshold=1e-2)
+    assert len(records) == 1 and records[0].levelno == logging.WARNING
+    message = records[0].getMessage()
+    assert re.search("Vanishing gradient .* at lag 9", message) and "gated cell (lstm or gru)" in message
 
 
-def test_bidirectional_models_skip_the_lag_probe_with_a_warning_and_log_the_rest():
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_vanishing_gradient_advice_to_a_gated_cell_does_not_suggest_a_gated_cell(caplog, cell):
+    model = make_model("many_to_many", "regression", cell, k1=10, k2=10)
+    with torch.no_grad():
+        model.net.core.rnn.weight_hh_l0.mul_(0.05)
+    records = vanishing_warnings(caplog, model, threshold=0.5)
+    assert len(records) == 1
+    message = records[0].getMessage()
+    assert "already gated" in message and "smaller k2" in message and "lstm" not in message
+
+
+def test_bidirectional_models_skip_the_lag_probe_with_a_warning_and_log_the_rest(caplog):
     model = make_model("many_to_one", "binary", "lstm", bidirectional=True)
     logger = MemoryLogger()
-    with pytest.warns(RuntimeWarning, match="no causal lag profile"):
+    with caplog.at_level(logging.WARNING, logger="models.diagnostics"):
         fit_with_health(model, make_batch("many_to_one", "binary"), GradientHealth(), logger=logger)
+    assert any("no causal lag profile" in r.getMessage() for r in caplog.records)
     keys = set().union(*(m for _, m in logger.records))
     assert "spectral_radius/net.core.weight_hh_l0_reverse/f" in keys and "grad_norm/pre_clip" in keys
     assert not any(k.startswith("grad_h_lag/") for k in keys)
