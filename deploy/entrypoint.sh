@@ -11,6 +11,17 @@
 # so the committed .dvc/config (a local remote for the embedded defaults) stays as it is.
 set -eu
 
+# Secrets arrive as files (compose `secrets:`); the clients inside (boto3, MLflow, Prefect) read them
+# from these variables only, so each *_FILE given is read into its variable for this process alone.
+for name in AWS_SECRET_ACCESS_KEY MLFLOW_TRACKING_PASSWORD PREFECT_API_AUTH_STRING; do
+    file="$(eval "printf '%s' \"\${${name}_FILE:-}\"")"
+    if [ -n "$file" ]; then
+        value="$(cat "$file")"
+        export "$name=$value"
+        unset "${name}_FILE"
+    fi
+done
+
 if [ -n "${DVC_REMOTE_URL:-}" ]; then
     root="${SEQOPS_ROOT:-/app}"
     endpoint="${DVC_S3_ENDPOINT_URL:-${MLFLOW_S3_ENDPOINT_URL:-}}"

@@ -1,0 +1,47 @@
+#!/bin/sh
+# Entrypoint of the mlflow service: the tracking server behind MLflow's basic-auth app, configured
+# from secret files so no password sits in the compose file, the environment or the process list.
+#
+#   SECRETS_DIR        where compose mounts the secrets (default /run/secrets):
+#                      mlflow_db_password, mlflow_admin_password, mlflow_flask_secret_key (CSRF),
+#                      s3_mlflow_secret_key (optional: the artifact store's secret key)
+#   MLFLOW_DB_HOST, MLFLOW_DB_PORT, MLFLOW_DB_USER, MLFLOW_DB, MLFLOW_AUTH_DB
+#   MLFLOW_AUTH_CONFIG_PATH   where the auth app's ini is written (0600)
+#
+# Anyone reaching the server must authenticate; an identity that is not admin reads everything
+# (default_permission READ) and writes only what it created (see deploy/mlflow/identities.py).
+# Arguments are passed on to `mlflow server`.
+set -eu
+
+secrets="${SECRETS_DIR:-/run/secrets}"
+db_password="$(cat "$secrets/mlflow_db_password")"
+admin_password="$(cat "$secrets/mlflow_admin_password")"
+: "${db_password:?$secrets/mlflow_db_password is empty: see .env.example}"
+: "${admin_password:?$secrets/mlflow_admin_password is empty: see .env.example}"
+# The auth app's CSRF protection signs its tokens with this key; MLflow reads it from the environment only.
+MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$secrets/mlflow_flask_secret_key")"
+: "${MLFLOW_FLASK_SERVER_SECRET_KEY:?$secrets/mlflow_flask_secret_key is empty: see .env.example}"
+export MLFLOW_FLASK_SERVER_SECRET_KEY
+# The S3 identity `mlflow` (read/write on the artifact bucket), when the artifacts live in S3.
+if [ -f "$secrets/s3_mlflow_secret_key" ]; then
+    AWS_SECRET_ACCESS_KEY="$(cat "$secrets/s3_mlflow_secret_key")"
+    export AWS_SECRET_ACCESS_KEY
+fi
+
+database="postgresql+psycopg2://${MLFLOW_DB_USER:-mlflow}:${db_password}@${MLFLOW_DB_HOST:-postgres}:${MLFLOW_DB_PORT:-5432}"
+config="${MLFLOW_AUTH_CONFIG_PATH:-/tmp/mlflow-auth/basic_auth.ini}"
+mkdir -p "$(dirname "$config")"
+umask 077
+cat >"$config" <<INI
+[mlflow]
+default_permission = READ
+database_uri = ${database}/${MLFLOW_AUTH_DB:-mlflow_auth}
+admin_username = ${MLFLOW_ADMIN_USER:-admin}
+admin_password = ${admin_password}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+grant_default_workspace_access = false
+INI
+
+export MLFLOW_AUTH_CONFIG_PATH="$config"
+export MLFLOW_BACKEND_STORE_URI="${database}/${MLFLOW_DB:-mlflow}"
+exec mlflow server --app-name basic-auth "$@"
