@@ -9,8 +9,12 @@ which server goes first; each runs closed-loop keep-alive clients at concurrency
 (bench/loadgen.py) and records throughput, p50/p99 latency and the server's CPU time per request
 (robust to other processes on the machine). The model's own time is measured in-process: the
 network's forecast for the request (forward_ms) and the whole pyfunc predict.
+A third server, the gateway with serving.batching=false, runs beside them: the default request runs at
+concurrency 1, 8 and 32 on all three (batching on and off side by side). The network's per-step cost
+(models/inference.py's step) is timed against the bare torch.nn.LSTM step on the same weights.
 Writes bench/results/serving.json (throughput_ratio_vs_stock_c8, target >= 2.0; p50_ms at
-concurrency 1, target <= 2 x forward_ms + 2 ms).
+concurrency 1, target <= 2 x forward_ms + 2 ms; throughput_ratio_vs_stock_c8_h12 >= 3.0,
+throughput_ratio_vs_stock_c32 >= 5.0, p99_ms_c8 <= 3 x p50 at c8, step_ratio_vs_bare_cell).
 """
 
 from __future__ import annotations
@@ -58,8 +62,20 @@ def model_times(uri: str, name: str, body: dict, calls: int = 1000) -> dict:
     frame = pd.DataFrame(body["dataframe_records"], dtype=object)
 
     def forward() -> None:
-        inputs = torch.from_numpy(model.transform.to_inputs(values)).unsqueeze(0)  # [1, T-1, 1]
-        model.network.forecast(inputs, horizon)  # [1, H, 1]
+        inputs = torch.from_numpy(model.transform.to_inputs(values))  # [T-1, 1]
+        model.stepper.forecast([inputs], [horizon])  # [H]
+
+    rnn = model.network.net.core.rnn
+    x, state = torch.zeros(1, 1, 1), tuple(torch.zeros(rnn.num_layers, 1, rnn.hidden_size) for _ in range(2))
+    layers = [(torch.zeros(1, rnn.hidden_size), torch.zeros(1, rnn.hidden_size))]
+
+    def bare_step() -> None:
+        with torch.inference_mode():
+            rnn(x, state)  # [1, 1, H]
+
+    def our_step() -> None:
+        with torch.inference_mode():
+            model.stepper.step(x[0], layers)  # [1]
 
     def timed(fn) -> float:
         """The quietest of 5 blocks: each block's median, then the smallest (other jobs share the machine)."""
@@ -75,8 +91,9 @@ def model_times(uri: str, name: str, body: dict, calls: int = 1000) -> dict:
             blocks.append(float(np.median(samples)))
         return round(min(blocks) * 1e3, 4)
 
-    return {"forward_ms": timed(forward),
-            "pyfunc_predict_ms": timed(lambda: model.predict(None, frame, body["params"]))}
+    step, bare = timed(our_step), timed(bare_step)
+    return {"forward_ms": timed(forward), "pyfunc_predict_ms": timed(lambda: model.predict(None, frame, body["params"])),
+            "step_ms": step, "bare_cell_step_ms": bare, "step_ratio_vs_bare_cell": round(step / bare, 3)}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -100,19 +117,21 @@ def measure(url: str, pid: int, body: dict, concurrency: int, seconds: float) ->
     return summary
 
 
-def run_requests(servers: dict, body: dict, rounds: int, seconds_c1: float, seconds_c8: float) -> list[dict]:
-    """Alternating rounds: each server at concurrency 1 then 8; one row per (round, server, concurrency)."""
+def run_requests(servers: dict, body: dict, rounds: int, seconds_c1: float, seconds_c8: float,
+                 concurrencies: tuple[int, ...]) -> list[dict]:
+    """Alternating rounds: each server at each concurrency; one row per (round, server, concurrency)."""
     rows = []
     for r in range(rounds):
-        for name in (["stock", "seqops"] if r % 2 == 0 else ["seqops", "stock"]):
-            for concurrency, seconds in ((1, seconds_c1), (8, seconds_c8)):
+        for name in (list(servers) if r % 2 == 0 else list(servers)[::-1]):
+            for concurrency in concurrencies:
+                seconds = seconds_c1 if concurrency == 1 else seconds_c8
                 rows.append({"round": r + 1, "server": name, **measure(*servers[name], body, concurrency, seconds)})
                 lines = table(rows, COLUMNS).splitlines()
                 print("\n".join(lines if len(rows) == 1 else lines[-1:]), flush=True)
     return rows
 
 
-def summarize(rows: list[dict], times: dict, horizon: int) -> dict:
+def summarize(rows: list[dict], times: dict, horizon: int, concurrencies: tuple[int, ...]) -> dict:
     def agg(server: str, concurrency: int) -> dict:
         picked = [r for r in rows if r["server"] == server and r["concurrency"] == concurrency]
         keys = ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_ms_per_request")
@@ -120,13 +139,14 @@ def summarize(rows: list[dict], times: dict, horizon: int) -> dict:
                 "requests": sum(r["requests"] for r in picked), "errors": sum(r["errors"] for r in picked),
                 "seconds": round(sum(r["seconds"] for r in picked), 1)}
 
-    servers = {s: {f"c{c}": agg(s, c) for c in (1, 8)} for s in ("stock", "seqops")}
+    servers = {s: {f"c{c}": agg(s, c) for c in concurrencies} for s in sorted({r["server"] for r in rows})}
     ratio = servers["seqops"]["c8"]["throughput_rps"] / servers["stock"]["c8"]["throughput_rps"]
     p50, target = servers["seqops"]["c1"]["p50_ms"], 2 * times["forward_ms"] + 2
     return {
         "horizon": horizon,
         "forward_ms": times["forward_ms"],
         "pyfunc_predict_ms": times["pyfunc_predict_ms"],
+        **{k: times[k] for k in ("step_ms", "bare_cell_step_ms", "step_ratio_vs_bare_cell")},
         "p50_ms": p50,
         "p99_ms": servers["seqops"]["c1"]["p99_ms"],
         "p50_target_ms": round(target, 3),
@@ -137,6 +157,9 @@ def summarize(rows: list[dict], times: dict, horizon: int) -> dict:
                                                           / servers["seqops"]["c8"]["server_cpu_ms_per_request"], 3),
         "servers": servers,
         "rounds": rows,
+        **({f"throughput_ratio_vs_stock_c{c}_{s}": round(servers[s][f"c{c}"]["throughput_rps"]
+                                                          / servers["stock"][f"c{c}"]["throughput_rps"], 3)
+            for c in concurrencies for s in servers if s != "stock"}),
     }
 
 
@@ -167,18 +190,24 @@ def main() -> None:
                  for kind, h in horizons.items()}
         gateway = GatewayProcess("forecast", root, uri, overrides=tuple(args.overrides),
                                  log_path=root / "seqops.log").launch()
+        unbatched = GatewayProcess("forecast", root, uri, overrides=(*args.overrides, "serving.batching=false"),
+                                   log_path=root / "seqops-unbatched.log").launch()
         os.environ.update({k: v for k, v in thread_env().items() if k.endswith("_THREADS")})
         with ScoringServer("models:/seqops-forecast@champion", uri, log_path=root / "stock.log") as stock:
             gateway.wait_ready()
-            servers = {"stock": (stock.url, stock.process.pid), "seqops": (gateway.url, gateway.process.pid)}
+            unbatched.wait_ready()
+            servers = {"stock": (stock.url, stock.process.pid), "seqops": (gateway.url, gateway.process.pid),
+                       "seqops_unbatched": (unbatched.url, unbatched.process.pid)}
             for i, (kind, horizon) in enumerate(horizons.items()):
                 print(f"\n{kind}: LSTM hidden {hidden}, {HISTORY_STEPS}-step history, horizon {horizon}; model "
                       f"forward {times[kind]['forward_ms']} ms, pyfunc predict {times[kind]['pyfunc_predict_ms']} ms",
                       flush=True)
+                concurrencies = (1, 8) if horizon == 1 else (1, 8, 32)
                 rows = run_requests(servers, request_body(HISTORY_STEPS, horizon), args.rounds, args.seconds_c1,
-                                    args.seconds_c8 if i == 0 else args.seconds_c8 / 2)
-                results[kind] = summarize(rows, times[kind], horizon)
+                                    args.seconds_c8 if i == 0 else args.seconds_c8 / 2, concurrencies)
+                results[kind] = summarize(rows, times[kind], horizon, concurrencies)
             gateway.stop()
+            unbatched.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -187,6 +216,18 @@ def main() -> None:
     print("\nmedians over rounds\n" + table(flat, ["request", "server", "concurrency", "throughput_rps", "p50_ms",
                                                   "p99_ms", "server_cpu_ms_per_request", "requests", "errors"]))
     headline = results["horizon_1"]
+    default = results[f"horizon_{limits['default_horizon']}"]
+    by = default["servers"]
+    issue_13 = {
+        "throughput_ratio_vs_stock_c8_h12": default["throughput_ratio_vs_stock_c8_seqops"],
+        "throughput_ratio_vs_stock_c32": default["throughput_ratio_vs_stock_c32_seqops"],
+        "p99_ms_c8": by["seqops"]["c8"]["p99_ms"], "p50_ms_c8": by["seqops"]["c8"]["p50_ms"],
+        "c1_p50_ms_batching_on": by["seqops"]["c1"]["p50_ms"],
+        "c1_p50_ms_batching_off": by["seqops_unbatched"]["c1"]["p50_ms"],
+        "step_ratio_vs_bare_cell": default["step_ratio_vs_bare_cell"],
+        "step_ms": default["step_ms"], "bare_cell_step_ms": default["bare_cell_step_ms"],
+        "errors": sum(v["errors"] for r in results.values() for s in r["servers"].values() for v in s.values()),
+    }
     write_result("serving", {
         "name": "serving",
         "what": "seqops serve (gateway, fast path) vs stock `mlflow models serve --env-manager local`, same "
@@ -198,6 +239,9 @@ def main() -> None:
         **{k: v for k, v in headline.items() if k not in ("servers", "rounds")},
         "throughput_target": ">= 2.0",
         "p50_target": "<= 2 x forward_ms + 2 ms",
+        **issue_13,
+        "targets_issue_13": "c8_h12 >= 3.0; c32 >= 5.0 (batching); p99_ms_c8 <= 3 x p50_ms_c8; 0 errors; "
+                            "c1 p50 batching on <= off + 0.3 ms",
         "requests": results,
     })
     for kind, r in results.items():

@@ -20,6 +20,7 @@ _EXPORTS = {
     "activate": "models.heads",
     "per_step_loss": "models.heads",
     "SequenceModel": "models.module",
+    "WARMUP_STEPS": "models.module",
     "CELLS": "models.recurrent",
     "GATES": "models.recurrent",
     "RecurrentCore": "models.recurrent",
@@ -37,6 +38,8 @@ _EXPORTS = {
     "OneToMany": "models.topologies",
     "Topology": "models.topologies",
     "build_topology": "models.topologies",
+    "encoder_weights": "models.transfer",
+    "transfer_encoder": "models.transfer",
 }
 
 __all__ = sorted(_EXPORTS)

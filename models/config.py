@@ -13,7 +13,15 @@ from typing import Any
 
 from models.heads import HEADS, check_head
 from models.recurrent import CELLS
-from models.rules import check_bidirectional, check_dropout, check_target_index, check_tbptt, check_vocabulary
+from models.rules import (
+    check_bidirectional,
+    check_dropout,
+    check_embedding_dropout,
+    check_pooling,
+    check_target_index,
+    check_tbptt,
+    check_vocabulary,
+)
 from models.topologies import CONDITIONS, TOPOLOGIES, topology_class
 
 CLIP_ALGORITHMS = ("norm", "value", None)
@@ -35,6 +43,9 @@ class ModelConfig:
     - ``condition``: one_to_many's conditioning ("state", "input", "both").
     - ``vocab_size``/``embedding_dim``: token-id inputs through nn.Embedding(padding_idx=0); input_size is
       then unused.
+    - ``pooling``: a per-sequence topology's readout: "last" (the last valid state) or "concat"
+      ([last; max; mean] over the valid steps).
+    - ``embedding_dropout``: dropout on the token vectors (token-id inputs only).
     - ``scheduler``: None, "step" (StepLR by ``scheduler_step_size`` epochs, ``scheduler_gamma``) or
       "cosine" (over the Trainer's max_epochs); stepped once per epoch.
     """
@@ -62,6 +73,8 @@ class ModelConfig:
     scheduler: str | None = None
     scheduler_step_size: int = 10
     scheduler_gamma: float = 0.5
+    pooling: str = "last"
+    embedding_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         self._choice("cell", CELLS)
@@ -106,6 +119,8 @@ class ModelConfig:
         check_bidirectional(topology, self.bidirectional)
         check_tbptt(topology, self.k1, self.k2)
         check_vocabulary(topology, self.vocab_size, self.embedding_dim)
+        check_pooling(topology, self.pooling)
+        check_embedding_dropout(self.embedding_dropout, self.vocab_size)
         if topology.decodes_targets and (self.head != "regression" or self.output_size != 1):
             raise ValueError(
                 f"ModelConfig topology={self.topology!r} feeds the previous target value back into the decoder: it "

@@ -2,6 +2,11 @@
 
 The readout layer itself is the topology's ``nn.Linear``; a head here is only its loss and its
 activation, kept as plain functions so that TBPTT, validation and diagnostics score outputs the same way.
+
+``quantile``: O outputs per step estimate the quantiles tau_k = (2k + 1) / (2 O), k = 0..O-1, of one target
+(the midpoints of O equal slices of probability, as in QR-DQN), trained with the pinball loss. Its outputs
+are sorted before use, so they are ordered whatever the network emits (rearrangement, Chernozhukov et al.
+2010, never raises the pinball loss); a central interval at level L reads the quantiles (1 -+ L) / 2.
 """
 
 from __future__ import annotations
@@ -10,7 +15,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-HEADS = ("regression", "binary", "multiclass")
+HEADS = ("regression", "binary", "multiclass", "quantile")
+
+
+def quantile_levels(output_size: int) -> Tensor:
+    """The probability levels tau [O] a quantile head with ``output_size`` outputs estimates, ascending."""
+    return (2 * torch.arange(output_size, dtype=torch.float32) + 1) / (2 * output_size)  # [O]
+
+
+def pinball_loss(pred: Tensor, y: Tensor) -> Tensor:
+    """Mean pinball (quantile) loss over the O quantiles of sorted ``pred`` [..., O] for targets [...] -> [...]."""
+    quantiles = torch.sort(pred.float(), dim=-1).values  # [..., O]
+    taus = quantile_levels(pred.shape[-1]).to(pred.device)  # [O]
+    error = y.float().unsqueeze(-1) - quantiles  # [..., O]
+    return torch.maximum(taus * error, (taus - 1) * error).mean(-1)  # [...]
 
 
 def check_head(head: str, output_size: int) -> None:
@@ -21,13 +39,15 @@ def check_head(head: str, output_size: int) -> None:
         raise ValueError(f"head='binary' uses one logit: output_size must be 1, got {output_size}")
     if head == "multiclass" and output_size < 2:
         raise ValueError(f"head='multiclass' needs output_size = number of classes >= 2, got {output_size}")
+    if head == "quantile" and output_size < 2:
+        raise ValueError(f"head='quantile' needs output_size = number of quantiles >= 2, got {output_size}")
 
 
 def per_step_loss(head: str, pred: Tensor, y: Tensor) -> Tensor:
     """Unreduced loss, one value per prediction position: pred [..., O] -> [...].
 
     Targets: regression [..., O] (or [...] when O == 1) floats; binary [...] or [..., 1] of 0/1;
-    multiclass [...] or [..., 1] class ids. Computed in float32 so bf16 autocast does not round the loss.
+    multiclass [...] or [..., 1] class ids; quantile [...] or [..., 1] floats (one target, O quantiles). Computed in float32 so bf16 autocast does not round the loss.
     """
     pred = pred.float()  # [..., O]
     lead = pred.shape[:-1]
@@ -37,6 +57,8 @@ def per_step_loss(head: str, pred: Tensor, y: Tensor) -> Tensor:
         return (pred - y.reshape(pred.shape).float()).pow(2).mean(-1)  # [...]
     if y.numel() != lead.numel():
         raise ValueError(f"{head} target must have shape {tuple(lead)}, got {tuple(y.shape)}")
+    if head == "quantile":
+        return pinball_loss(pred, y.reshape(lead))  # [...]
     if head == "binary":
         return F.binary_cross_entropy_with_logits(pred[..., 0], y.reshape(lead).float(), reduction="none")  # [...]
     if head == "multiclass":
@@ -47,9 +69,11 @@ def per_step_loss(head: str, pred: Tensor, y: Tensor) -> Tensor:
 
 def activate(head: str, pred: Tensor) -> Tensor:
     """Raw outputs [..., O] to predictions: values (regression), P(y=1) [..., 1] (binary), class probabilities
-    (multiclass)."""
+    (multiclass), ascending quantiles at ``quantile_levels(O)`` (quantile)."""
     if head == "regression":
         return pred  # [..., O]
+    if head == "quantile":
+        return torch.sort(pred, dim=-1).values  # [..., O]
     if head == "binary":
         return torch.sigmoid(pred)  # [..., 1]
     if head == "multiclass":

@@ -28,7 +28,11 @@ from models.heads import activate
 from models.recurrent import State, map_state
 from models.topologies import FORECASTERS, PER_SEQUENCE, build_topology
 
-__all__ = ["ModelConfig", "SequenceModel"]
+__all__ = ["WARMUP_STEPS", "ModelConfig", "SequenceModel"]
+
+WARMUP_STEPS = 4096
+"""Steps per forward when a carried state is warmed over a long history (forecast, stateful validation):
+activations stay bounded by a chunk, whatever the history's length."""
 
 
 def _require(batch: Mapping[str, Any], key: str, topology: str) -> Any:
@@ -68,6 +72,8 @@ class SequenceModel(pl.LightningModule):
             target_index=config.target_index,
             vocab_size=config.vocab_size,
             embedding_dim=config.embedding_dim,
+            pooling=config.pooling,
+            embedding_dropout=config.embedding_dropout,
         )
         self.carried_state: dict[str, State | None] = {"train": None, "val": None}
 
@@ -81,12 +87,16 @@ class SequenceModel(pl.LightningModule):
         """Activated predictions for any topology: values, P(y=1) or class probabilities."""
         return activate(self.config.head, self(batch))
 
-    def forecast(self, history: Tensor, horizon: int) -> Tensor:
-        """Forecast ``horizon`` steps after ``history`` [B, T, F]: returns [B, horizon, 1].
+    def forecast(self, history: Tensor, horizon: int, future: Tensor | None = None) -> Tensor:
+        """Forecast ``horizon`` steps after ``history`` [B, T, F]: returns [B, horizon, 1]. ``future``
+        [B, horizon - 1, F]: the inputs after the history where they are known ahead (the target feature
+        in them is replaced by the fed-back prediction).
 
         The topology decides how (many_to_many runs autoregressively, feeding each prediction back as the
         target feature; encoder_decoder decodes the horizon from the encoded history); this checks that the
-        model can forecast at all and runs it at inference settings.
+        model can forecast at all and runs it at inference settings. A topology that carries its state
+        (many_to_many) warms it over a history longer than WARMUP_STEPS chunk by chunk under inference_mode,
+        so a 10^6-step history costs one pass and a chunk's activations.
         """
         cfg = self.config
         if not self.net.forecasts:
@@ -101,8 +111,16 @@ class SequenceModel(pl.LightningModule):
         if horizon < 1:
             raise ValueError(f"horizon={horizon} must be >= 1")
         with self._inference():
-            history = history.to(self.device, next(self.parameters()).dtype)  # [B, T, F]
-            return self.net.forecast(history, horizon)  # [B, horizon, 1]
+            dtype = next(self.parameters()).dtype
+            history = history.to(self.device, dtype)  # [B, T, F]
+            future = None if future is None else future.to(self.device, dtype)  # [B, horizon - 1, F]
+            if not self.net.truncates or history.shape[1] <= WARMUP_STEPS:
+                return self.net.forecast(history, horizon, future)  # [B, horizon, 1]
+            with torch.inference_mode():
+                state = None
+                for start in range(0, history.shape[1] - 1, WARMUP_STEPS):
+                    _, state = self.net(history[:, start:min(start + WARMUP_STEPS, history.shape[1] - 1)], state)
+                return self.net.forecast(history[:, -1:], horizon, future, state=state)  # [B, horizon, 1]
 
     def predict_proba(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Class probabilities [B, C] of a per-sequence classifier (binary: C = 2, columns P(0), P(1))."""
@@ -180,7 +198,9 @@ class SequenceModel(pl.LightningModule):
         _require(batch, "y", cfg.topology)
         pred, self.carried_state["val"] = self.net.validation_outputs(batch, self._start_state("val", batch))
         loss = self.net.loss(cfg.head, pred, batch)
-        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        mask = batch.get("mask")
+        if mask is None or bool(mask.any()):  # a batch with no scored step only warms the carried state
+            self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
         return loss
 
     def _start_state(self, phase: str, batch: Mapping[str, Any]) -> State | None:

@@ -81,3 +81,29 @@ def check_target_index(target_index: int, input_size: int) -> None:
     """The target is one of the input features: it is fed back when forecasting and decoding."""
     if not 0 <= target_index < input_size:
         raise ValueError(f"target_index={target_index} must index one of the input_size={input_size} input features")
+
+
+POOLINGS = ("last", "concat")
+"""How a per-sequence topology reads its sequence: the last valid state, or [last; max; mean] over the valid steps."""
+
+
+def check_pooling(topology: type[Topology], pooling: str) -> None:
+    """Pooling over steps needs one output per sequence; a per-step topology has nothing to pool."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r} is not known; use one of {POOLINGS}")
+    if pooling != "last" and not topology.per_sequence:
+        raise ValueError(
+            f"pooling={pooling!r} applies to a topology with one output per sequence, not {topology.name!r}: "
+            "leave pooling at 'last'"
+        )
+
+
+def check_embedding_dropout(embedding_dropout: float, vocab_size: int | None) -> None:
+    """Embedding dropout lies in [0, 1) and needs token inputs (an embedding to drop from)."""
+    if not 0.0 <= embedding_dropout < 1.0:
+        raise ValueError(f"embedding_dropout={embedding_dropout!r} must be in [0, 1)")
+    if embedding_dropout > 0.0 and vocab_size is None:
+        raise ValueError(
+            f"embedding_dropout={embedding_dropout!r} needs token-id inputs (vocab_size): float inputs have no "
+            "embedding; set it to 0"
+        )

@@ -1,4 +1,9 @@
-"""`seqops`: the command line. Every command has --help; errors print one line, never a traceback."""
+"""`seqops`: the command line. Every command has --help; errors print one line, never a traceback.
+
+One handler (`_SeqopsGroup.invoke`) for every command: a SeqopsError prints its message
+(`error: ...` on stderr) and exits 2; anything else is a bug: one line naming it and the log
+that holds its traceback, exit 1.
+"""
 
 from __future__ import annotations
 
@@ -8,45 +13,56 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
-from pipelines import project
+from pipelines import console, project
 from pipelines.errors import SeqopsError
+from pipelines.processes import Guarded, exit_on_sigterm
 from pipelines.project import project_root
 
 project.apply_environment(project_root())
 
-app = typer.Typer(help="seqops: recurrent sequence models from raw data to a served model.",
+USER_ERROR, BUG = 2, 1  # exit codes
+
+
+class CommandError(SeqopsError):
+    """A command's own arguments were refused."""
+
+
+class _SeqopsGroup(TyperGroup):
+    """The one error handler of every command (and subcommand group)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except SeqopsError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(USER_ERROR) from None
+        except Exception as e:
+            log = console.bug_log(e, ctx.invoked_subcommand or "seqops")
+            what = str(e) if isinstance(e, console.StageBug) else f"unexpected {type(e).__name__}: {e}"
+            typer.secho(f"error: {what} (a bug in seqops; the traceback is in {log})", fg=typer.colors.RED, err=True)
+            raise typer.Exit(BUG) from None
+
+
+app = typer.Typer(cls=_SeqopsGroup, help="seqops: recurrent sequence models from raw data to a served model.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-
-EXAMPLE_HISTORY_STEPS = 104
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-EXAMPLE_TEXTS = ["What a great flight, the crew was lovely!", "My bag is lost and nobody answers the phone."]
 
 
 def example_request(task: str, root: Path) -> dict:
-    """A request for the task: two sentences, or the last EXAMPLE_HISTORY_STEPS values of its own series."""
-    import pandas as pd
-
-    from pipelines.config import TextTask, load_params
+    """A request the task's champion answers: its kind builds it (pipelines/tasks/), from the prepared data."""
+    from pipelines.config import load_params
     from pipelines.project import prepared_dir
+    from pipelines.tasks import kind_for
 
-    spec = load_params(root).task(task)
-    if isinstance(spec, TextTask):
-        return {"dataframe_records": [{"text": text} for text in EXAMPLE_TEXTS]}
-    series = pd.read_parquet(prepared_dir(root, task) / "series.parquet")
-    first = series[series["series_id"] == series["series_id"].iloc[0]]
-    record = {"series_id": str(first["series_id"].iloc[0]),
-              "history": [round(float(v), 3) for v in first[spec.target].to_numpy()[-EXAMPLE_HISTORY_STEPS:]]}
-    for column in spec.covariates:
-        record[column] = [round(float(v), 3) for v in first[column].to_numpy()[-EXAMPLE_HISTORY_STEPS:]]
-    return {"dataframe_records": [record], "params": {"horizon": spec.serving.default_horizon}}
+    return kind_for(load_params(root).task(task)).example_request(prepared_dir(root, task))
+
+
+REST_NOTE_CHARS = 90  # the serve check's response, cut to one line
 
 
 @app.command()
@@ -55,42 +71,63 @@ def run(
     force: Annotated[bool, typer.Option(help="Rerun every stage even if DVC finds it up to date.")] = False,
     serve_check: Annotated[bool, typer.Option("--serve-check/--no-serve-check",
                                               help="Serve each champion and make one REST call.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the full logs (Prefect, DVC, Lightning, ...) "
+                                          "here too; also SEQOPS_LOG=debug. Always in .seqops/logs/.")] = False,
 ) -> None:
-    """Run the retrain flow (version data, prepare, train, evaluate, promote), then query each champion over REST."""
+    """Run the retrain flow (version data, prepare, train, evaluate, promote), then query each champion over REST.
+
+    Prints one line per stage and task, a progress line while training, and a table per task; the
+    full log of the run goes to .seqops/logs/<timestamp>-run.log.
+    """
+    from pipelines.config import load_params
+    from pipelines.project import metrics_file
+    from pipelines.summary import task_summary
+
+    root = project_root()
+    with exit_on_sigterm(), console.Session(root, console.verbose_requested(verbose)) as session:
+        from pipelines.orchestration.flows import retrain
+        from pipelines.orchestration.schedule import run_api
+
+        with run_api(Path(os.environ["PREFECT_HOME"])):  # Prefect's API, stopped with this command
+            summary = retrain(tasks=task, force=force, root=str(root))
+        if serve_check:
+            for name in summary:
+                _serve_check(root, name)
+        session.say("next: `seqops ui` (MLflow UI, runs and plots); `seqops serve forecast` (REST on :5055)")
+        params = load_params(root)
+        for name, result in summary.items():
+            metric = params.promote.metric_for(params.task(name).kind)
+            session.say()
+            for line in task_summary(metrics_file(root, name), name, result["decision"], metric.name, metric.goal):
+                session.say(line)
+
+
+def _rounded(value: object) -> object:
+    """A JSON body with floats at 3 decimals: the one line shows values, not float noise."""
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
+def _serve_check(root: Path, task: str) -> None:
+    """Serve the task's champion with MLflow's stock server and make one REST call: one line."""
     import httpx
 
-    from pipelines.orchestration.flows import retrain
-    from pipelines.project import tracking_uri
+    from pipelines.project import logs_dir, tracking_uri
     from pipelines.serving.process import ScoringServer
     from pipelines.train.tracking import registered_name
 
-    root = project_root()
-    try:
-        summary = retrain(tasks=task, force=force, root=str(root))
-        for name, result in summary.items():
-            decision = result["decision"]
-            if decision is None:
-                typer.echo(f"{name}: data and params unchanged since the last run; nothing retrained")
-            else:
-                verdict = "promoted to champion" if decision["promoted"] else "kept the current champion"
-                typer.echo(f"{name}: registered {registered_name(name)} v{decision['version']}: {verdict} "
-                           f"({decision['reason']})")
-        if serve_check:
-            for name in summary:
-                uri = f"models:/{registered_name(name)}@champion"
-                typer.echo(f"{name}: starting `mlflow models serve` for {uri} ...")
-                log = Path(os.environ["PREFECT_HOME"]).parent / f"serve-{name}.log"
-                with ScoringServer(uri, tracking_uri(root), log_path=log) as server:
-                    body = example_request(name, root)
-                    response = httpx.post(f"{server.url}/invocations", json=body, timeout=60)
-                    typer.echo(f"{name}: POST {server.url}/invocations -> {response.status_code}")
-                    typer.echo(json.dumps(response.json(), indent=2))
-                typer.echo(f"{name}: server stopped")
-    except SeqopsError as e:
-        _fail(str(e))
-    typer.echo("\nDone. Next:\n"
-               "  .venv/bin/seqops ui                      # MLflow UI at http://127.0.0.1:5000 (runs, metrics, plots)\n"
-               "  .venv/bin/seqops serve forecast --port 5055   # REST: POST http://127.0.0.1:5055/invocations")
+    uri = f"models:/{registered_name(task)}@champion"
+    with console.timed(task, "serve") as step, \
+            ScoringServer(uri, tracking_uri(root), log_path=logs_dir(root) / f"serve-{task}.log") as server:
+        response = httpx.post(f"{server.url}/invocations", json=example_request(task, root), timeout=60)
+        body = json.dumps(_rounded(response.json()), separators=(",", ":"))
+        cut = body if len(body) <= REST_NOTE_CHARS else body[:REST_NOTE_CHARS - 1] + "…"
+        step.note = f"POST /invocations -> {response.status_code} {cut}"
 
 
 @app.command()
@@ -113,26 +150,23 @@ def serve(
     from pipelines.config import load_params
     from pipelines.project import tracking_uri
     from pipelines.registry import champion_version
-    from pipelines.serving.gateway import GatewayConfig, GatewayError
+    from pipelines.serving.gateway import GatewayConfig
     from pipelines.serving.gateway import serve as run_gateway
     from pipelines.train.tracking import configure, registered_name
 
     root = project_root()
-    try:
-        params = load_params(root, overrides or ())
-        params.task(task)
-        name = registered_name(task)
-        version = champion_version(configure(root), name)
-        if version is None:
-            _fail(f"{name} has no champion yet: run `seqops run --task {task}` first")
-        settings = params.serving
-        host, port = host or settings.host, port or settings.port
-        config = GatewayConfig.from_params(task, name, tracking_uri(root), settings)
-        typer.echo(f"serving {name} v{version} (champion) on http://{host}:{port}  "
-                   "(POST /invocations; GET /health /version /metrics)")
-        run_gateway(config, host, port, workers or settings.workers, access_log)
-    except SeqopsError as e:
-        _fail(str(e))
+    params = load_params(root, overrides or ())
+    params.task(task)
+    name = registered_name(task)
+    version = champion_version(configure(root), name)
+    if version is None:
+        raise CommandError(f"{name} has no champion yet: run `seqops run --task {task}` first")
+    settings = params.serving
+    host, port = host or settings.host, port or settings.port
+    config = GatewayConfig.from_params(task, name, tracking_uri(root), settings)
+    typer.echo(f"serving {name} v{version} (champion) on http://{host}:{port}  "
+               "(POST /invocations; GET /health /version /metrics)")
+    run_gateway(config, host, port, workers or settings.workers, access_log)
 
 
 @app.command()
@@ -140,15 +174,26 @@ def ui(
     port: Annotated[int, typer.Option(help="Port for the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
 ) -> None:
-    """Open the MLflow UI on the project's tracking store (blocks; Ctrl-C stops)."""
-    from pipelines.project import tracking_uri
+    """Open the MLflow UI on the project's tracking store (blocks; Ctrl-C or SIGTERM stops it and all its processes)."""
+    from pipelines.project import seqops_home, tracking_uri
+    from pipelines.train.tracking import mark_training_experiments
 
     root = project_root()
     uri = tracking_uri(root)
+    mark_training_experiments(root)
     typer.echo(f"MLflow UI for {uri} at http://{host}:{port}")
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
     command = [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port), "--workers", "1"]
-    os.execvpe(command[0], command, dict(os.environ))
+    with exit_on_sigterm():
+        server = Guarded(command, seqops_home(root), "mlflow-ui")
+        try:
+            code = server.process.wait()
+        except KeyboardInterrupt:
+            code = 0
+        finally:
+            server.stop()
+    if code:
+        raise CommandError(f"mlflow ui exited with {code} (its output is above; is port {port} taken?)")
 
 
 @app.command()
@@ -157,11 +202,31 @@ def rollback(task: Annotated[str, typer.Argument(help="Task whose champion to ro
     from pipelines.registry import rollback as do_rollback
     from pipelines.train.tracking import registered_name
 
-    try:
-        old, new = do_rollback(project_root(), task)
-    except SeqopsError as e:
-        _fail(str(e))
+    old, new = do_rollback(project_root(), task)
     typer.echo(f"{registered_name(task)}: champion moved from v{old} back to v{new}")
+
+
+@app.command()
+def sign(
+    task: Annotated[str, typer.Argument(help="Task whose model version to sign.")],
+    version: Annotated[Optional[str], typer.Option(help="Registered version; default: the champion.")] = None,
+    champion: Annotated[bool, typer.Option("--champion", help="Also sign the current champion when it carries no "
+                                           "promotion tags at all: you vouch for the model already served.")] = False,
+) -> None:
+    """Sign a version promoted before model signing existed, so `seqops serve` loads it (README: Upgrading).
+
+    Needs the gate's private key (SEQOPS_SIGNING_KEY; on one machine the pair under .seqops/keys/) and
+    registry write access. Versions the gate rejected, and signatures that no longer verify, are refused.
+    """
+    from pipelines.signing import sign_registered
+    from pipelines.train.tracking import configure, registered_name
+
+    root = project_root()
+    name = registered_name(task)
+    done = sign_registered(configure(root), task, name, version, champion, root)
+    how = " on your word (--champion)" if done.adopted else ""
+    state = f"signed{how} with key {done.key_id}" if done.signed else f"already signed (key {done.key_id}): unchanged"
+    typer.echo(f"{name} v{done.version}: {state}")
 
 
 @app.command()
@@ -172,10 +237,7 @@ def lineage(
     """Trace a model version to its training run, data version, git commit and params, and show how to restore the data."""
     from pipelines.registry import lineage as trace
 
-    try:
-        found = trace(project_root(), task, version)
-    except SeqopsError as e:
-        _fail(str(e))
+    found = trace(project_root(), task, version)
     aliases = f" ({', '.join(found.aliases)})" if found.aliases else ""
     typer.echo(f"model     {found.name} v{found.version}{aliases}")
     typer.echo(f"decision  {found.decision}")
@@ -211,30 +273,27 @@ def schedule(
     """
     from prefect.client.schemas.schedules import CronSchedule
 
-    from pipelines.config import ConfigError, load_params
-    from pipelines.orchestration.schedule import SERVER_HOME, ScheduleError, exit_on_sigterm, prefect_api, serve_retrain
+    from pipelines.config import load_params
+    from pipelines.orchestration.schedule import SERVER_HOME, exit_on_sigterm, prefect_api, serve_retrain
     from pipelines.project import seqops_home
 
     root = project_root()
+    params = load_params(root)
+    for name in task or []:
+        params.task(name)
+    settings = params.orchestration.schedule
+    cron, timezone = cron or settings.cron, timezone or settings.timezone
     try:
-        params = load_params(root)
-        for name in task or []:
-            params.task(name)
-        settings = params.orchestration.schedule
-        cron, timezone = cron or settings.cron, timezone or settings.timezone
-        try:
-            CronSchedule(cron=cron, timezone=timezone)
-        except ValueError as e:
-            reason = e.errors()[0]["msg"].removeprefix("Value error, ") if hasattr(e, "errors") else str(e)
-            _fail(f"--cron {cron!r} --timezone {timezone!r}: {reason} (cron: minute hour day month weekday, "
-                  f"e.g. \"0 3 * * *\")")
-        with exit_on_sigterm(), prefect_api(seqops_home(root) / SERVER_HOME, start_local=local_server,
-                                            port=port or None, announce=typer.echo):
-            typer.echo(f"retrain/retrain: `{cron}` ({timezone}), tasks {task or 'all'}, root {root}; "
-                       f"Ctrl-C or SIGTERM stops it (and the local server)")
-            serve_retrain(root, cron, timezone, tasks=task, force=force)
-    except SeqopsError as e:
-        _fail(str(e))
+        CronSchedule(cron=cron, timezone=timezone)
+    except ValueError as e:
+        reason = e.errors()[0]["msg"].removeprefix("Value error, ") if hasattr(e, "errors") else str(e)
+        raise CommandError(f"--cron {cron!r} --timezone {timezone!r}: {reason} (cron: minute hour day month "
+                           f"weekday, e.g. \"0 3 * * *\")") from None
+    with exit_on_sigterm(), prefect_api(seqops_home(root) / SERVER_HOME, start_local=local_server,
+                                        port=port or None, announce=typer.echo):
+        typer.echo(f"retrain/retrain: `{cron}` ({timezone}), tasks {task or 'all'}, root {root}; "
+                   f"Ctrl-C or SIGTERM stops it (and the local server)")
+        serve_retrain(root, cron, timezone, tasks=task, force=force)
     typer.echo("schedule stopped: deployment paused, local Prefect server (if any) stopped")
 
 
@@ -258,12 +317,9 @@ def data_add(
     from pipelines.data.add import MODES, add_data
 
     if mode not in MODES:
-        _fail(f"--mode must be one of {list(MODES)}, got {mode!r}")
+        raise CommandError(f"--mode must be one of {list(MODES)}, got {mode!r}")
     root = project_root()
-    try:
-        added = add_data(root, task, file.resolve(), load_params(root), mode)  # type: ignore[arg-type]
-    except SeqopsError as e:
-        _fail(str(e))
+    added = add_data(root, task, file.resolve(), load_params(root), mode)  # type: ignore[arg-type]
     typer.echo(added.summary)
     for reason, count in added.dropped.items():
         typer.echo(f"  {reason.replace('_', ' ')}: {count} rows")

@@ -13,7 +13,9 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from models.rules import check_dropout, check_tbptt_window
+from pipelines.data.calendar import frequency_error
 from pipelines.errors import SeqopsError
+from pipelines.evaluate.intervals import DEFAULT_LEVELS, MAX_LEVELS
 from pipelines.project import params_path
 
 
@@ -46,6 +48,10 @@ class Variant(_Strict):
     lr: Annotated[float, Field(gt=0.0)] = 1e-3
     embedding_dim: PositiveInt = 64
     teacher_forcing: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    # Text classifiers: the readout ("last" state, or "concat" of last + max + mean over the steps)
+    # and dropout on the token vectors.
+    pooling: Literal["last", "concat"] = "last"
+    embedding_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
     @model_validator(mode="after")
     def _model_rules(self) -> "Variant":
@@ -66,63 +72,154 @@ def _unique_names(variants: list[Variant]) -> list[Variant]:
 Variants = Annotated[list[Variant], Field(min_length=1), AfterValidator(_unique_names)]
 
 
+# A time-series key left out (None) is derived at prepare time from the series' frequency and length
+# (pipelines/tasks/defaults.py, rules in the README) and written to prepared/<task>/settings.json;
+# a key written here always wins over its derived default.
 class SeriesPrepare(_Strict):
-    holdout: PositiveInt = 104
-    validation: PositiveInt = 104
-    window: PositiveInt = 208
-    stride: PositiveInt = 26
-    season: PositiveInt = 52
+    holdout: PositiveInt | None = None
+    validation: PositiveInt | None = None
+    window: PositiveInt | None = None
+    stride: PositiveInt | None = None
+    season: PositiveInt | None = None
     difference: bool = True
 
 
 class SeriesEvaluate(_Strict):
-    horizon: PositiveInt = 26
-    origin_stride: PositiveInt = 13
+    horizon: PositiveInt | None = None
+    origin_stride: PositiveInt | None = None
+    # The median of the best `ensemble_size` recurrent variants (by rolling-origin CV) is a candidate of
+    # its own; 1 disables it. Baselines (statsforecast) are scored in every run beside the candidates.
+    ensemble_size: PositiveInt = 3
+
+
+Levels = Annotated[list[Annotated[float, Field(gt=0.0, lt=100.0)]], Field(min_length=1, max_length=MAX_LEVELS)]
 
 
 class SeriesServing(_Strict):
-    min_history: PositiveInt = 53
+    min_history: PositiveInt | None = None
     max_history: PositiveInt = 10000
-    default_horizon: PositiveInt = 12
-    max_horizon: PositiveInt = 520
+    default_horizon: PositiveInt | None = None
+    max_horizon: PositiveInt | None = None
+    # Coverage levels (%) of the intervals a forecast carries when a request sends no params.level; the
+    # levels evaluate scores (with the gate's 80 %).
+    levels: Levels = list(DEFAULT_LEVELS)
 
 
 class TaskTraining(_Strict):
     max_epochs: PositiveInt = 5
     batch_size: PositiveInt = 16
+    # Stop when val_loss has not improved for `patience` epochs and restore the best epoch's weights.
+    patience: PositiveInt = 5
+    # Learning rate over the epochs: constant, or cosine annealing from the variant's lr to lr / 100
+    # (series tasks default to cosine, chosen by bench/quality.py).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+
+
+class TextTraining(TaskTraining):
+    # None: enough epochs for about TEXT_TARGET_BATCHES batches (pipelines/tasks/defaults.py text_epochs):
+    # two over 30,000 tweets, twenty over a thousand debate lines, so one default fits every corpus size.
+    max_epochs: PositiveInt | None = None
+    batch_size: PositiveInt = 64
+
+
+class SeriesTraining(TaskTraining):
+    max_epochs: PositiveInt | None = None  # None: derived from the number of training windows
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    # window: shuffled windows (prepare.window long), each from a zero state. stateful: every series'
+    # training steps cut into batch_size contiguous streams read in order, prepare.window steps a batch,
+    # the state carried across batches (many_to_many only; pipelines/train/streaming.py).
+    mode: Literal["window", "stateful"] = "window"
+
+
+def _frequency(freq: str | None) -> str | None:
+    if freq is not None and (message := frequency_error(freq)):
+        raise ValueError(message)
+    return freq
 
 
 class TimeSeriesTask(_Strict):
-    """A forecasting task: a table with a timestamp, numeric value columns and an optional series id."""
+    """A forecasting task: a table with a timestamp, numeric value columns and an optional series id.
+
+    `kind`, `source`, `timestamp` and `target` make a complete task; every section left out is derived.
+    """
 
     kind: Literal["timeseries"]
     topology: Literal["many_to_many", "encoder_decoder"] = "many_to_many"
     source: str
     timestamp: str = "date"
     target: str
-    covariates: list[str] = []
+    # A pandas offset alias (MS, W-SUN, h, ...); None: inferred per series at prepare time.
+    freq: Annotated[str | None, AfterValidator(_frequency)] = None
+    horizon: PositiveInt | None = None         # steps to forecast: evaluate.horizon and serving.default_horizon
+    covariates: list[str] = []                 # known up to the forecast origin only: held at their last value
+    known_covariates: list[str] = []           # known over the horizon too: a request sends their future values
+    calendar_features: bool = False            # sin/cos of the timestamp's position in its cycles, per frequency
     series_id: str | None = None
     gap_fill: Literal["interpolate", "ffill", "drop"] = "interpolate"
     prepare: SeriesPrepare = SeriesPrepare()
     evaluate: SeriesEvaluate = SeriesEvaluate()
     serving: SeriesServing = SeriesServing()
-    training: TaskTraining = TaskTraining()
-    variants: Variants
+    training: SeriesTraining = SeriesTraining()
+    variants: Variants | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "TimeSeriesTask":
-        if self.serving.min_history <= self.prepare.season and self.prepare.difference:
+        season, min_history = self.prepare.season, self.serving.min_history
+        if season and min_history and min_history <= season and self.prepare.difference:
             raise ValueError("serving.min_history must exceed prepare.season when prepare.difference is true")
+        columns = [self.target, *self.covariates, *self.known_covariates]
+        if len(set(columns)) != len(columns):
+            raise ValueError(f"target, covariates and known_covariates must name different columns, got {columns}")
+        topologies = {v.topology or self.topology for v in self.variants or []} | {self.topology}
+        if self.training.mode == "stateful" and topologies != {"many_to_many"}:
+            raise ValueError("training.mode: stateful carries each stream's state across batches, which only "
+                             "many_to_many does: set every variant's topology to many_to_many, or use mode: window")
+        if self.known_covariates or self.calendar_features:
+            if "encoder_decoder" in topologies:
+                raise ValueError("known_covariates and calendar_features need many_to_many variants: the "
+                                 "encoder_decoder decoder reads only its own predictions")
         return self
 
 
 class TextPrepare(_Strict):
     validation: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
     holdout: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
-    min_freq: PositiveInt = 2
-    max_vocab: PositiveInt = 20000
-    max_length: PositiveInt = 48
+    # subword: byte-level BPE over the tweet tokens (pipelines/prepare/text.py); words: the word vocabulary.
+    tokenizer: Literal["subword", "words"] = "subword"
+    min_freq: PositiveInt = 2      # words: times a word is seen; subword: times a merge is seen
+    max_vocab: PositiveInt = 2000  # table size, special tokens included: embedding rows, LM softmax width (its cost)
+    max_length: PositiveInt = 64   # tokens per text; longer texts keep their first max_length
     seed: int = 13
+
+
+class TextPretrain(_Strict):
+    """The language model every text variant starts from (pipelines/train/pretrain.py).
+
+    Off by default: in bench/text_quality.py it helped one corpus of three (1,122 debate lines, +6.6
+    accuracy points), not the two larger ones (-3.3 on 13,905 reviews, -0.2 on the 38,158 tweets), and
+    it adds a quarter to the tweets' retrain (23 CPU seconds). `method: lm` turns it on (worth trying on a small corpus
+    or with an `unlabelled` file)."""
+
+    method: Literal["lm", "none"] = "none"
+    max_epochs: PositiveInt = 1
+    streams: PositiveInt = 32   # contiguous streams a batch holds (its rows), consumed in order
+    steps: PositiveInt = 64     # tokens per stream and batch; TBPTT cuts them into k1-step updates
+    k1: PositiveInt = 32
+    k2: PositiveInt = 32
+    lr: Annotated[float, Field(gt=0.0)] = 3e-3
+    validation: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.05  # of the stream's texts, for its perplexity
+
+    @model_validator(mode="after")
+    def _window(self) -> "TextPretrain":
+        check_tbptt_window(self.k1, self.k2)
+        return self
+
+
+def _default_text_variants() -> list[Variant]:
+    """One GRU classifier, the one default for every corpus: 64 units keep the built-in tweets' retrain
+    near 1.5 minutes on 2 cores (bench/results/text_quality.json has its cost and its scores)."""
+    return [Variant(name="gru", cell="gru", hidden_size=64, embedding_dim=64, lr=0.002, pooling="concat",
+                    embedding_dropout=0.1)]
 
 
 class TextServing(_Strict):
@@ -134,27 +231,37 @@ class TextServing(_Strict):
 
 
 class TextTask(_Strict):
-    """A classification task over labelled text: a table with a text column and a label column."""
+    """A classification task over labelled text: a table with a text column and a label column.
+
+    `kind`, `source`, `text` and `label` are a complete task. `labels` (the classes, in the order the
+    model's outputs take) defaults to the labels found in the data, sorted; `unlabelled` is an optional
+    extra file of texts (a .txt, one text a line, or a table with the `text` column) that only the
+    language model reads. Everything else has the defaults below.
+    """
 
     kind: Literal["text"]
     topology: Literal["many_to_one"] = "many_to_one"
     source: str
     text: str = "text"
     label: str = "label"
-    labels: Annotated[list[str], Field(min_length=2)]
+    labels: Annotated[list[str], Field(min_length=2)] | None = None
+    unlabelled: str | None = None
     duplicates: Literal["keep", "drop"] = "drop"
     prepare: TextPrepare = TextPrepare()
+    pretrain: TextPretrain = TextPretrain()
     serving: TextServing = TextServing()
-    training: TaskTraining = TaskTraining()
-    variants: Variants
+    training: TextTraining = TextTraining()
+    variants: Variants = Field(default_factory=_default_text_variants)
 
     @model_validator(mode="after")
     def _consistent(self) -> "TextTask":
-        if len(set(self.labels)) != len(self.labels):
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels must be unique, got {self.labels}")
         return self
 
 
+# A new task kind adds its spec class here (and a `promote.metrics` entry); its behaviour lives in
+# pipelines/tasks/<kind>.py, registered in pipelines.tasks.KINDS.
 Task = Annotated[TimeSeriesTask | TextTask, Field(discriminator="kind")]
 TASK_KINDS = ("timeseries", "text")
 
@@ -191,6 +298,8 @@ class Promote(_Strict):
         "text": Metric(name="macro_f1", goal="maximize"),
     }
     min_improvement: Annotated[float, Field(ge=0.0)] = 0.0
+    # A forecast candidate whose holdout coverage of its 80 % interval is below this is not promoted.
+    coverage_floor: Annotated[float, Field(ge=0.0, le=1.0)] = 0.7
 
     def metric_for(self, kind: str) -> Metric:
         if kind not in self.metrics:
@@ -209,6 +318,14 @@ class Serving(_Strict):
     max_body_bytes: PositiveInt = 2 * 1024 * 1024   # a larger request body gets a 413
     request_timeout_s: Annotated[float, Field(gt=0.0)] = 10.0  # a slower request gets a 504
     poll_interval_s: Annotated[float, Field(ge=0.0)] = 10.0    # how often `champion` is checked; 0: never
+    batching: bool = True                 # score requests that arrive together in one forward per step
+    batch_wait_ms: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0  # wait for batch-mates only while more are arriving
+    max_batch_records: PositiveInt = 256  # records scored together at most
+    max_records: PositiveInt = 1000       # records in one request; more get a 400
+    max_request_steps: PositiveInt = 1_000_000  # records x (history + horizon) in one request; more get a 400
+    max_queue: PositiveInt = 64           # requests waiting for the model; more get a 503 with Retry-After
+    read_timeout_s: Annotated[float, Field(gt=0.0)] = 5.0  # headers and body must arrive within this; idle keep-alive too
+    max_connections: PositiveInt = 256    # open connections at most; uvicorn answers 503 beyond
 
 
 class TaskRunner(_Strict):

@@ -70,6 +70,11 @@ def train_record(root: Path, task: str) -> Path:
     return root / "artifacts" / task / "train.json"
 
 
+def pretrained_dir(root: Path, task: str) -> Path:
+    """The language models train@<task> pretrains before its variants (text tasks), read by every variant."""
+    return root / "artifacts" / task / "pretrained"
+
+
 def metrics_file(root: Path, task: str) -> Path:
     return root / "metrics" / f"{task}.json"
 

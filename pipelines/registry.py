@@ -1,8 +1,10 @@
-"""The model registry: register the retrain's best variant, gate promotion, roll back.
+"""The model registry: register the retrain's chosen candidate, gate promotion, roll back.
 
-`champion` (what is served) moves only when the candidate beats the current champion, re-scored
-on the same holdout, by params.promote.min_improvement; `challenger` always points at the newest
-candidate. Every decision is written on the version as tags with its reason and both scores.
+The candidate is what evaluate chose: a variant, an ensemble, or the best baseline when no recurrent
+candidate beat it. `champion` (what is served) moves only when the candidate beats the best baseline
+and the current champion, re-scored on the same holdout, by params.promote.min_improvement;
+`challenger` always points at the newest candidate. Every decision is written on the version as tags
+with its reason, both scores and the candidate's type (`seqops.candidate_type`).
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from mlflow.tracking import MlflowClient
 from pipelines.config import Params
 from pipelines.data.versioning import data_version
 from pipelines.errors import SeqopsError
+from pipelines.evaluate.intervals import GATE_LEVEL, level_key
 from pipelines.project import metrics_file, params_path, train_record
+from pipelines.signing import DECISION_TAG, PROMOTED, signature_tags
 from pipelines.train.tracking import configure, registered_name
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "seqops.champion_history"
+CANDIDATE_TYPE_TAG = "seqops.candidate_type"  # variant | ensemble | baseline
 
 
 class RegistryError(SeqopsError):
@@ -84,8 +89,47 @@ def _set_champion(client: MlflowClient, name: str, version: str, previous: str |
     client.set_registered_model_alias(name, CHAMPION, version)
 
 
+def _candidate(metrics: dict, record: dict) -> tuple[str, dict[str, str], dict[str, float]]:
+    """(name, {type, run_id, model_uri}, holdout metrics) of what evaluate chose; metrics files written
+    before baselines were candidates name only `best_variant`, a variant of the train record."""
+    name = metrics.get("chosen", metrics["best_variant"])
+    if "models" in metrics:
+        entry = metrics["models"][name]
+    else:
+        found = next(v for v in record["variants"] if v["variant"] == name)
+        entry = {"type": "variant", "run_id": found["run_id"], "model_uri": found["model_uri"]}
+    scores = {**metrics.get("baselines", {}), **metrics["variants"]}[name]
+    return name, entry, scores
+
+
+def baseline_check(candidate_type: str, scores: dict[str, float], metric: str, goal: str) -> tuple[bool, str]:
+    """Whether a recurrent candidate beats the best baseline on the holdout (`baseline_<metric>`); a
+    baseline, or a candidate scored without one, passes. Never promote what loses to a baseline."""
+    baseline = scores.get(f"baseline_{metric}")
+    if candidate_type == "baseline" or baseline is None:
+        return True, ""
+    wins, reason = decide(float(scores.get(metric, math.nan)), float(baseline), 0.0, goal)
+    return wins, "" if wins else f"loses to the best baseline on the holdout: {reason.replace('champion', 'baseline')}"
+
+
+def coverage_check(scores: dict[str, float], floor: float) -> tuple[bool, str]:
+    """Whether a forecast candidate's 80 % interval covered at least `floor` of the holdout actuals
+    (promote.coverage_floor): intervals that promise more than they keep are not served. A candidate
+    without interval metrics (a text model, an old metrics file) passes."""
+    key = f"coverage_{level_key(GATE_LEVEL)}"
+    if key not in scores:
+        return True, ""
+    coverage = float(scores[key])
+    if math.isfinite(coverage) and coverage >= floor:
+        return True, ""
+    return False, (f"its {level_key(GATE_LEVEL)} % prediction interval covered {coverage:.1%} of the holdout, "
+                   f"below the floor promote.coverage_floor = {floor:.0%}")
+
+
 def promote(root: Path, task: str, params: Params, rescore) -> Decision:
-    """Register the retrain's best variant and move `champion` if it earned it.
+    """Register the retrain's chosen candidate (a variant, an ensemble, or the best baseline when no
+    recurrent candidate beat it) and move `champion` if it earned it: it must beat the best baseline
+    and the current champion, both on this retrain's holdout.
 
     `rescore(model_uri) -> float` scores a model on this retrain's holdout with the task kind's metric.
     """
@@ -93,24 +137,29 @@ def promote(root: Path, task: str, params: Params, rescore) -> Decision:
     name = registered_name(task)
     metrics = json.loads(metrics_file(root, task).read_text())
     record = json.loads(train_record(root, task).read_text())
-    best = metrics["best_variant"]
-    entry = next(v for v in record["variants"] if v["variant"] == best)
+    best, entry, scores = _candidate(metrics, record)
     metric = params.promote.metric_for(params.task(task).kind)
-    candidate_score = float(metrics["variants"][best].get(metric.name, math.nan))
+    candidate_score = float(scores.get(metric.name, math.nan))
 
     version = str(mlflow.register_model(entry["model_uri"], name).version)
     current = champion_version(client, name)
     champion_score = rescore(f"models:/{name}@{CHAMPION}") if current is not None else None
-    promoted, reason = decide(candidate_score, champion_score, params.promote.min_improvement, metric.goal)
+    promoted, reason = baseline_check(entry["type"], scores, metric.name, metric.goal)
+    if promoted:
+        promoted, reason = coverage_check(scores, params.promote.coverage_floor)
+    if promoted:
+        promoted, reason = decide(candidate_score, champion_score, params.promote.min_improvement, metric.goal)
 
     dv = data_version(root)
     tags = {
-        **dv.as_tags(), "run_id": entry["run_id"], "variant": best,
+        **dv.as_tags(), "run_id": entry["run_id"], "variant": best, CANDIDATE_TYPE_TAG: entry["type"],
         "dvc_lock.md5": _file_md5(root / "dvc.lock"), "params.md5": _file_md5(params_path(root)),
-        "promotion.decision": "promoted" if promoted else "rejected", "promotion.reason": reason,
+        DECISION_TAG: PROMOTED if promoted else "rejected", "promotion.reason": reason,
         "promotion.metric": f"{metric.name} ({metric.goal})", "promotion.candidate_score": repr(candidate_score),
         "promotion.champion_score": repr(champion_score), "promotion.champion_version": str(current),
     }
+    if promoted:  # signed before `champion` moves: servers load only what the gate signed
+        tags.update(signature_tags(name, version, root))
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CHALLENGER, version)

@@ -2,7 +2,8 @@
 
 `dvc repro` reaches each stage through it (dvc.yaml), and so does the flow, through DVC. It applies
 the embedded defaults, quiets the libraries' start-up chatter (the stage prints its own progress),
-turns a seqops error into one line naming the stage and task, and reports what the stage wrote.
+turns a seqops error into one line naming the stage and task (and, inside `seqops run`, records
+it as the run's root cause: pipelines/console.py), and reports what the stage wrote.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from pipelines import project
+from pipelines import console, project
+from pipelines.processes import die_with_parent
 
 
 def quiet_libraries() -> None:
@@ -28,6 +30,7 @@ def run_stage_main(stage: str, run: Callable[..., Path]) -> None:
     """Run `run(root, task, params)` for the task named on the command line."""
     root = project.project_root()
     project.apply_environment(root)
+    die_with_parent()  # a stage of a killed `seqops run` stops too, rather than race the next run
     from pipelines.config import load_params
     from pipelines.errors import SeqopsError
 
@@ -38,5 +41,9 @@ def run_stage_main(stage: str, run: Callable[..., Path]) -> None:
     try:
         out = run(root, task, load_params(root))
     except SeqopsError as e:
+        console.record_cause(f"{stage}@{task}: {e}")
         sys.exit(f"{stage}@{task}: error: {e}")
+    except Exception as e:  # a bug: the traceback goes to stderr (the run's log); the cause to the console
+        console.record_cause(f"{stage}@{task}: unexpected {type(e).__name__}: {e}", bug=True)
+        raise
     print(f"{stage}@{task}: wrote {out.relative_to(root)}", flush=True)

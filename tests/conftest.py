@@ -39,6 +39,7 @@ TINY_SENTIMENT = {
     "labels": ["negative", "neutral", "positive"],
     "prepare": {"validation": 0.05, "holdout": 0.05, "min_freq": 5, "max_vocab": 2000, "max_length": 24},
     "serving": {"max_text_length": 280, "over_length": "reject", "max_records": 100},
+    "pretrain": {"method": "none"},  # the language model has its own tests (test_text_pretraining.py)
     "training": {"max_epochs": 1, "batch_size": 256},
     "variants": [{"name": "gru", "cell": "gru", "hidden_size": 8, "embedding_dim": 8, "lr": 0.01}],
 }

@@ -9,11 +9,9 @@ capabilities instead of topology names. ``TOPOLOGY_CLASSES`` is the one name-to-
 
 from __future__ import annotations
 
-from torch import nn
-
 from models.recurrent import RecurrentCore
-from models.rules import check_vocabulary
-from models.topologies.base import Topology, top_hidden
+from models.rules import check_embedding_dropout, check_pooling, check_vocabulary
+from models.topologies.base import TokenEmbedding, Topology, top_hidden
 from models.topologies.encoder_decoder import EncoderDecoder
 from models.topologies.many_to_many import ManyToMany
 from models.topologies.many_to_one import ManyToOne
@@ -29,6 +27,7 @@ __all__ = [
     "ManyToMany",
     "ManyToOne",
     "OneToMany",
+    "TokenEmbedding",
     "Topology",
     "build_topology",
     "top_hidden",
@@ -64,17 +63,24 @@ def build_topology(
     target_index: int = 0,
     vocab_size: int | None = None,
     embedding_dim: int | None = None,
+    pooling: str = "last",
+    embedding_dropout: float = 0.0,
 ) -> Topology:
-    """Build a topology with cores sized for it (one_to_many and the decoder read other widths than ``input_size``)."""
+    """Build a topology with cores sized for it (one_to_many and the decoder read other widths than ``input_size``).
+
+    ``pooling`` reaches only a per-sequence topology (the rule refuses it elsewhere), so the others'
+    ``build`` need not know it."""
     cls = topology_class(topology)
     check_vocabulary(cls, vocab_size, embedding_dim)
+    check_pooling(cls, pooling)
+    check_embedding_dropout(embedding_dropout, vocab_size)
 
     def core(width: int) -> RecurrentCore:
         return RecurrentCore(cell, width, hidden_size, num_layers, bidirectional, dropout)
 
     embedding = None
     if vocab_size is not None:
-        embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+        embedding = TokenEmbedding(vocab_size, embedding_dim, embedding_dropout)
         input_size = embedding_dim
     return cls.build(
         core,
@@ -83,4 +89,5 @@ def build_topology(
         embedding=embedding,
         condition=condition,
         target_index=target_index,
+        **({"pooling": pooling} if pooling != "last" else {}),
     )

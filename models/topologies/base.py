@@ -29,6 +29,19 @@ CoreFactory = Callable[[int], RecurrentCore]
 """Builds a core of the model's cell, width, layers and dropout that reads the given number of features."""
 
 
+class TokenEmbedding(nn.Embedding):
+    """nn.Embedding (``<pad>`` = 0) with dropout on its vectors: a short-text classifier overfits its
+    embedding first. A subclass rather than a wrapper, so the weights keep the key ``embedding.weight``
+    that models saved before this option load with."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, dropout: float = 0.0) -> None:
+        super().__init__(num_embeddings, embedding_dim, padding_idx=0)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(super().forward(x))  # [B, T, E]
+
+
 def embed_inputs(embedding: nn.Embedding | None, x: Tensor) -> Tensor:
     """Token ids [B, T] through the embedding, or float features [B, T, F] unchanged; a wrong dtype is
     a data bug worth a clear message rather than a cryptic one from inside the kernel."""

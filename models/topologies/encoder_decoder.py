@@ -113,8 +113,11 @@ class EncoderDecoder(Topology):
         y = batch["y"]  # [B, H, 1]
         return self(batch["x"], y.shape[1], target=y, teacher_forcing=config.teacher_forcing)  # [B, H, 1]
 
-    def forecast(self, history: Tensor, horizon: int) -> Tensor:
-        """Decode ``horizon`` steps from the encoded ``history`` [B, T, F], feeding back its own predictions."""
+    def forecast(self, history: Tensor, horizon: int, future: Tensor | None = None) -> Tensor:
+        """Decode ``horizon`` steps from the encoded ``history`` [B, T, F], feeding back its own predictions.
+        Its decoder reads only the previous target, so inputs known ahead (``future``) are refused."""
+        if future is not None:
+            raise ValueError("encoder_decoder cannot read future inputs: its decoder sees only its own predictions")
         return self(history, horizon)  # [B, horizon, 1]
 
     def lag_profile(self, batch: Mapping[str, Any], config: ModelConfig, max_lag: int | None) -> Tensor:

@@ -102,16 +102,22 @@ class ManyToMany(Topology):
         pred, state = self(batch["x"], state)  # [B, T, O]
         return pred, detach_state(state)
 
-    def forecast(self, history: Tensor, horizon: int) -> Tensor:
+    def forecast(self, history: Tensor, horizon: int, future: Tensor | None = None,
+                 state: State | None = None) -> Tensor:
         """Autoregressive: output t predicts the target at t+1, so each prediction is fed back as feature
-        ``target_index`` of the next input; the other features (covariates) are held at their last observed
-        value, since their future is unknown. ``history`` [B, T, F] -> [B, horizon, 1]."""
-        pred, state = self(history)  # [B, T, 1]
+        ``target_index`` of the next input. The other features of the inputs after the history come from
+        ``future`` [B, horizon - 1, F] when given (inputs known ahead: future covariates, the calendar);
+        without it they are held at their last observed value. ``history`` [B, T, F] -> [B, horizon, 1],
+        read from ``state`` (the state warmed over the steps before it; None: zeros)."""
+        if future is not None and tuple(future.shape) != (history.shape[0], horizon - 1, history.shape[2]):
+            raise ValueError(f"future must have shape [B, horizon - 1, F] = "
+                             f"{[history.shape[0], horizon - 1, history.shape[2]]}, got {list(future.shape)}")
+        pred, state = self(history, state)  # [B, T, 1]
         step = pred[:, -1]  # [B, 1]
         x_next = history[:, -1].clone()  # [B, F]
         steps = [step]
-        for _ in range(horizon - 1):
-            x_next = x_next.clone()  # [B, F]
+        for h in range(horizon - 1):
+            x_next = x_next.clone() if future is None else future[:, h].clone()  # [B, F]
             x_next[:, self.target_index] = step[:, 0]
             pred, state = self(x_next[:, None], state)  # [B, 1, 1]
             step = pred[:, 0]  # [B, 1]

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from models.diagnostics import lag_profile
-from models.recurrent import RecurrentCore
-from models.topologies.base import CoreFactory, Topology, embed_inputs
+from models.heads import per_step_loss
+from models.recurrent import RecurrentCore, State
+from models.topologies.base import CoreFactory, Topology, embed_inputs, top_hidden
 
 if TYPE_CHECKING:
     from models.config import ModelConfig
@@ -31,6 +32,10 @@ class ManyToOne(Topology):
 
     Packing (rather than reading ``out[:, -1]``) is what makes a padded sequence score exactly like the
     same sequence unpadded: the core never runs over the padding, in either direction.
+
+    ``pooling="concat"`` reads [last state; max; mean] of the top layer's outputs over the valid steps
+    (ULMFiT's concat pooling): in a short text the telling word is often not the last one, and the
+    max and mean let the readout see it without the last state having to remember it.
     """
 
     name: ClassVar[str] = "many_to_one"
@@ -38,11 +43,14 @@ class ManyToOne(Topology):
     accepts_tokens: ClassVar[bool] = True
     per_sequence: ClassVar[bool] = True
 
-    def __init__(self, core: RecurrentCore, output_size: int, embedding: nn.Embedding | None = None) -> None:
+    def __init__(
+        self, core: RecurrentCore, output_size: int, embedding: nn.Embedding | None = None, pooling: str = "last"
+    ) -> None:
         super().__init__()
         self.embedding = embedding
         self.core = core
-        self.head = nn.Linear(core.output_size, output_size)
+        self.pooling = pooling
+        self.head = nn.Linear(core.output_size * (3 if pooling == "concat" else 1), output_size)
 
     @classmethod
     def build(
@@ -54,9 +62,10 @@ class ManyToOne(Topology):
         embedding: nn.Embedding | None,
         condition: str,
         target_index: int,
+        pooling: str = "last",
     ) -> ManyToOne:
         """A core that reads every input step (or its embedding)."""
-        return cls(core(input_size), output_size, embedding)
+        return cls(core(input_size), output_size, embedding, pooling)
 
     def embed(self, x: Tensor) -> Tensor:
         """Inputs as the core sees them (token ids embedded)."""
@@ -73,11 +82,23 @@ class ManyToOne(Topology):
                 f"lengths must lie in [1, T={inputs.shape[1]}], got min {int(lengths.min())} max {int(lengths.max())}"
             )
         packed = pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
-        _, state = self.core(packed)  # [L*D, B, H], original batch order
+        out, state = self.core(packed)  # out packed [B, T, D*H]; state [L*D, B, H], original batch order
         h = state[0] if isinstance(state, tuple) else state  # [L*D, B, H]
         last = h[-self.core.num_directions :]  # [D, B, H]: forward dir at the last valid step, backward at step 0
         last = last.transpose(0, 1).reshape(h.shape[1], -1)  # [B, D*H]
+        if self.pooling == "concat":
+            last = torch.cat([last, *self._pool(out, lengths)], dim=-1)  # [B, 3*D*H]
         return self.head(last)  # [B, O]
+
+    @staticmethod
+    def _pool(out: Any, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Max and mean of the top layer's outputs over each sequence's valid steps (padding excluded)."""
+        steps, _ = pad_packed_sequence(out, batch_first=True)  # [B, T', D*H], T' = longest in the batch
+        valid = (torch.arange(steps.shape[1])[None, :] < lengths[:, None]).to(steps.device)  # [B, T']
+        valid = valid.unsqueeze(-1)  # [B, T', 1]
+        maximum = steps.masked_fill(~valid, float("-inf")).max(dim=1).values  # [B, D*H]
+        mean = (steps * valid).sum(dim=1) / lengths.to(steps.device, steps.dtype)[:, None]  # [B, D*H]
+        return maximum, mean
 
     def infer(self, batch: Mapping[str, Any]) -> Tensor:
         """One output per sequence, read at its last valid step."""
@@ -86,6 +107,17 @@ class ManyToOne(Topology):
     def loss_mask(self, batch: Mapping[str, Any]) -> Tensor | None:
         """None: the loss sits on one output per sequence, so a per-step mask does not apply."""
         return None
+
+    def readout_loss(self, head: str, target: Tensor) -> Callable[[State], Tensor]:
+        """The readout's loss on a core state; with concat pooling, through the columns that read the last
+        state (the max and mean paths reach other steps, which a lag probe from one state cannot follow)."""
+        width = self.core.output_size
+
+        def loss(state: State) -> Tensor:
+            logits = nn.functional.linear(top_hidden(state), self.head.weight[:, :width], self.head.bias)  # [B, O]
+            return per_step_loss(head, logits, target).sum()
+
+        return loss
 
     def lag_profile(self, batch: Mapping[str, Any], config: ModelConfig, max_lag: int | None) -> Tensor:
         """The sequence's loss at its last valid step, back through its length."""

@@ -1,9 +1,8 @@
 """New data in (`seqops data add TASK FILE`): validate, merge with the task's raw data, version, commit.
 
-append   time series: a file's rows must come after the last timestamp of their series already in
-         raw data (a new series id is welcome) and keep the series on its regular time grid.
-         text: the file's rows are added to raw data and the task's duplicate policy is applied
-         to the whole, so a repeat of an existing text is dropped like any other repeat.
+append   the file's rows are merged into raw data by the task kind's rules (`TaskKind.merge`):
+         a series only grows forward in time on its grid (a new series id is welcome); texts are
+         added and the task's duplicate policy applied to the whole.
 replace  the file becomes the task's raw data.
 
 A file that breaks any rule changes nothing: no write, no DVC version, no commit. A file that passes
@@ -23,12 +22,13 @@ from typing import Iterator, Literal
 
 import pandas as pd
 
-from pipelines.config import Params, TextTask, TimeSeriesTask
+from pipelines.config import Params
 from pipelines.data import versioning
-from pipelines.data.ingest import validate_for_task, write_atomic
+from pipelines.data.atomic import write_atomic
+from pipelines.data.fingerprint import note_added, record_path
 from pipelines.data.sources import read_source, read_table
-from pipelines.data.validate import InvalidDataError, regular_grid, validate_text
 from pipelines.project import raw_path
+from pipelines.tasks import TaskKind, TaskSpec, kind_for
 
 Mode = Literal["append", "replace"]
 MODES: tuple[str, ...] = ("append", "replace")
@@ -56,45 +56,14 @@ def commit_message(task: str, mode: str, file: Path, rows_in_file: int, md5: str
     return f"data({task}): {mode} {file.name} ({rows_in_file} rows) -> data version {md5}"
 
 
-def _current(root: Path, task: str, spec: TimeSeriesTask | TextTask) -> pd.DataFrame:
+def _current(root: Path, task: str, spec: TaskSpec, kind: TaskKind) -> pd.DataFrame:
     """The task's raw data: data/<task>/raw.parquet, or (never ingested yet) its configured source,
     validated, exactly what the next retrain would ingest."""
     path = raw_path(root, task)
     if path.is_file():
         return pd.read_parquet(path)
-    clean, _ = validate_for_task(read_source(spec.source, root), spec, spec.source)
+    clean, _ = kind.validate(read_source(spec.source, root), spec.source)
     return clean
-
-
-def append_series(existing: pd.DataFrame, new: pd.DataFrame, spec: TimeSeriesTask, name: str) -> pd.DataFrame:
-    """Existing rows, then the file's: every series only grows forward in time on its own grid."""
-    if list(existing.columns) != list(new.columns):
-        raise InvalidDataError(f"{name}: columns {list(new.columns)} do not match the raw data's "
-                              f"{list(existing.columns)}")
-    last = existing.groupby("series_id")["timestamp"].max()
-    for position, (sid, stamp) in enumerate(zip(new["series_id"], new["timestamp"])):
-        if sid in last.index and stamp <= last[sid]:
-            where = f" of series {sid!r}" if spec.series_id else ""
-            raise InvalidDataError(
-                f"{name}: column {spec.timestamp!r} row {position + 1}: {stamp} is not after the last timestamp "
-                f"{last[sid]}{where} already in the raw data; append only adds later rows "
-                f"(use --mode replace to rewrite history)")
-    merged = pd.concat([existing, new], ignore_index=True)
-    order = {sid: i for i, sid in enumerate(pd.unique(merged["series_id"]))}
-    merged = merged.sort_values("series_id", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
-    for _, group in merged.groupby("series_id", sort=False):
-        try:
-            regular_grid(group.reset_index(drop=True))
-        except InvalidDataError as e:
-            raise InvalidDataError(f"{name}: after appending, {e}") from None
-    return merged
-
-
-def append_text(existing: pd.DataFrame, new: pd.DataFrame, spec: TextTask,
-                name: str) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Existing rows, then the file's, with the task's duplicate policy applied to the whole."""
-    return validate_text(pd.concat([existing, new], ignore_index=True), text="text", label="label",
-                         labels=list(spec.labels), duplicates=spec.duplicates, name=f"{name} (appended)")
 
 
 def add_data(root: Path, task: str, file: Path, params: Params, mode: Mode = "append") -> Added:
@@ -106,27 +75,30 @@ def add_data(root: Path, task: str, file: Path, params: Params, mode: Mode = "ap
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
     spec = params.task(task)
+    kind = kind_for(spec)
     name = str(file)
-    clean, dropped = validate_for_task(read_table(file), spec, name)
+    clean, dropped = kind.validate(read_table(file), name)
     path = raw_path(root, task)
     previous = path.read_bytes() if path.is_file() else None
     if mode == "replace":
         merged, rows_before = clean, _rows(previous)
     else:
-        existing = _current(root, task, spec)
+        existing = _current(root, task, spec, kind)
         rows_before = len(existing)
-        if isinstance(spec, TextTask):
-            merged, dropped = append_text(existing, clean, spec, name)
-        else:
-            merged = append_series(existing, clean, spec, name)
+        merged, dropped = kind.merge(existing, clean, name)
 
     before = versioning.data_version(root).md5 if (root / versioning.DATA_DVC).is_file() else None
+    record = record_path(root, task)
+    previous_record = record.read_bytes() if record.is_file() else None
     write_atomic(merged, path)
+    if path.read_bytes() != previous:  # a file that changes nothing is not recorded as added
+        note_added(root, task, file, mode, len(clean), spec.source)
     try:
         with _quiet("dvc.repo.scm_context"):  # its "git add data.dvc" hint: this commits data.dvc itself
             version = versioning.track(root)
     except Exception:
         _restore(path, previous)
+        _restore(record, previous_record)
         raise
     try:
         versioning.use_remote_from_env(root)

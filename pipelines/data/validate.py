@@ -169,7 +169,7 @@ def _as_text(value: object) -> str | None:
     return None
 
 
-def validate_text(frame: pd.DataFrame, *, text: str, label: str, labels: list[str], duplicates: str,
+def validate_text(frame: pd.DataFrame, *, text: str, label: str, labels: list[str] | None, duplicates: str,
                   name: str) -> tuple[pd.DataFrame, dict[str, int]]:
     """Check and normalise a text-classification table.
 
@@ -180,7 +180,8 @@ def validate_text(frame: pd.DataFrame, *, text: str, label: str, labels: list[st
     keeping any of them would teach noise, and a copy could land in holdout with another label).
     duplicates="keep" keeps repeats and conflicts as the source has them. Text that is not a string
     (a number, a bool), bytes that are not UTF-8, and labels outside `labels` are errors, since
-    guessing would change the data silently.
+    guessing would change the data silently; `labels=None` (a task that declares none) takes every
+    string or integer label cell as a label, and only missing or other labels are errors.
     """
     if duplicates not in DUPLICATE_POLICIES:
         raise ValueError(f"unknown duplicates policy {duplicates!r}; use one of {list(DUPLICATE_POLICIES)}")
@@ -202,6 +203,8 @@ def validate_text(frame: pd.DataFrame, *, text: str, label: str, labels: list[st
 
     raw_label = frame[label].astype(object)
     label_values = raw_label.map(_label)
+    if labels is None:  # inferred from the data: every string or integer cell is a label, sorted
+        labels = sorted(set(label_values.dropna()))
     unknown = ~label_values.isin(labels)
     if unknown.any():
         raise InvalidDataError(f"{name}: column {label!r} {_rows(unknown, raw_label)}: not one of the "

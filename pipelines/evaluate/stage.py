@@ -1,17 +1,36 @@
-"""evaluate@<task>: score every variant of the retrain on the holdout, beside a baseline.
+"""evaluate@<task>: every candidate (variants, an ensemble) beside every baseline, on the same origins.
 
-Series: rolling-origin MAE / RMSE / MASE beside a seasonal-naive forecast on the same origins.
-Text: accuracy, macro-F1, per-class precision and recall, a confusion matrix, beside TF-IDF +
-logistic regression fitted on the same training split.
+What is scored and how (rolling-origin MAE / RMSE / MASE for a series, accuracy and macro-F1 for
+text) is the task kind's (`TaskKind.score`, pipelines/tasks/). This stage
+- logs each of the kind's baselines (`TaskKind.baselines`: statsforecast models, TF-IDF) as a pyfunc
+  in a child run of the retrain's parent run, so MLflow's Compare lines them up with the variants;
+- scores every candidate and baseline through its logged pyfunc, the exact object the REST server
+  loads, on the validation segment (rolling-origin cross-validation: forecasts from every
+  `origin_stride`-th step of the segment before the holdout, averaged: the selection score
+  `validation_<metric>`) and on the holdout (the reported and gated score, `holdout_<metric>`);
+- calibrates every candidate and baseline on the validation segment (`TaskKind.calibrate`: conformal
+  residuals for prediction intervals, a temperature for class probabilities) and writes the result into
+  its logged model as calibration.json, before the holdout is scored and before registration, so
+  whichever candidate is served carries its intervals or calibrated scores (and the gate signs them);
+  the holdout metrics then include interval coverage / width / Winkler score, or ECE before and after;
+- builds the kind's ensemble of the best variants by cross-validation (`TaskKind.ensemble`), a
+  candidate of its own;
+- chooses: the best recurrent candidate by cross-validation, unless it does not beat the best
+  baseline on the holdout; then the best baseline is the candidate, and metrics/<task>.json says
+  plainly that the recurrent models lost and by how much.
 
-Scoring goes through the logged pyfunc, the exact object the REST server loads, so a holdout
-metric is a promise about what users will get. `score_model` re-scores the champion in
-promotion, on the same holdout.
+metrics/<task>.json: `variants` {name: metrics} (recurrent candidates, the ensemble included; each
+with the best baseline's as `baseline_<metric>`), `baselines` {name: metrics}, `best_variant` (best
+recurrent by cross-validation), `chosen` (what promote registers), `chosen_type`, `best_baseline`,
+`margin` and `verdict`, `models` {name: {type, run_id, model_uri}}, `selection`.
+`score_model` re-scores the champion in promotion, on the same holdout.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,157 +38,154 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipelines.config import Params, TextTask, TimeSeriesTask
-from pipelines.evaluate.baselines import tfidf_logreg_baseline
-from pipelines.evaluate.metrics import classification_metrics
-from pipelines.prepare.features import seasonal_naive
+from pipelines.config import Metric, Params
+from pipelines.data.versioning import data_version
+from pipelines.evaluate.intervals import write_calibration
 from pipelines.project import metrics_file, prepared_dir, train_record
+from pipelines.registry import CANDIDATE_TYPE_TAG, decide
 from pipelines.runner import run_stage_main
-from pipelines.train.plots import log_confusion_matrix, log_forecast_plot
-from pipelines.train.tracking import configure
+from pipelines.tasks import Calibration, Scored, TaskKind, TaskSpec, kind_for
+from pipelines.tasks.settings import task_spec
+from pipelines.train.tracking import child_run, configure
 
-Forecaster = Callable[[pd.DataFrame, int], list[np.ndarray]]
-
-
-def pyfunc_forecaster(model: Any) -> Forecaster:
-    def forecast(rows: pd.DataFrame, horizon: int) -> list[np.ndarray]:
-        out = model.predict(rows, params={"horizon": horizon})
-        return [np.asarray(v, dtype=np.float64) for v in out["forecast"]]
-    return forecast
+VARIANT, ENSEMBLE, BASELINE = "variant", "ensemble", "baseline"
 
 
-def segment_bounds(series: pd.DataFrame, segment: str) -> list[tuple[str, pd.DataFrame, int, int]]:
-    """(series id, the series, first index, end index) of `segment` (validation | holdout) per series."""
-    out = []
-    for sid, group in series.groupby("series_id", sort=False):
-        group = group.reset_index(drop=True)
-        inside = np.flatnonzero((group["split"] == segment).to_numpy())
-        out.append((str(sid), group, int(inside[0]), int(inside[-1]) + 1))
-    return out
+def load_prepared(root: Path, task: str, spec: TaskSpec) -> pd.DataFrame:
+    """The task's prepared rows with their split, as its kind scores them."""
+    return kind_for(spec).load_prepared(prepared_dir(root, task))
 
 
-def score_series(spec: TimeSeriesTask, series: pd.DataFrame, forecaster: Forecaster,
-                 segment: str = "holdout") -> dict[str, Any]:
-    """Rolling-origin forecasts inside `segment`: MAE, RMSE, MASE of the model and of the seasonal-naive
-    baseline, every forecast made from the whole history before its origin.
-
-    MASE scales by the in-sample seasonal-naive MAE of the training segment (Hyndman & Koehler),
-    so a value below 1 beats last year's values on average.
-    """
-    horizon, stride, season = spec.evaluate.horizon, spec.evaluate.origin_stride, spec.prepare.season
-    model_err, base_err, scales, plots = [], [], [], []
-    for sid, group, first, end in segment_bounds(series, segment):
-        values = group[spec.target].to_numpy(dtype=np.float64)
-        train = values[: int((group["split"] == "train").sum())]
-        scales.append(np.mean(np.abs(train[season:] - train[:-season])))
-        origins = list(range(first, end - horizon + 1, stride)) or [max(first, end - horizon)]
-        rows = pd.DataFrame({"series_id": [sid] * len(origins), "history": [values[:o].tolist() for o in origins]})
-        for column in spec.covariates:
-            rows[column] = [group[column].to_numpy(dtype=np.float64)[:o].tolist() for o in origins]
-        forecasts = forecaster(rows, horizon)
-        baselines = [seasonal_naive(values[:o], horizon, season) for o in origins]
-        for o, f, b in zip(origins, forecasts, baselines):
-            actual = values[o:min(o + horizon, end)]
-            model_err.append(f[:len(actual)] - actual)
-            base_err.append(b[:len(actual)] - actual)
-        plots.append((sid, values[:first], values[first:end], [(o - first, f) for o, f in zip(origins, forecasts)],
-                      [(o - first, b) for o, b in zip(origins, baselines)]))
-    model_err, base_err = np.concatenate(model_err), np.concatenate(base_err)
-    scale = float(np.mean(scales))
-    mae, base_mae = float(np.mean(np.abs(model_err))), float(np.mean(np.abs(base_err)))
-    return {
-        "metrics": {
-            "mae": mae, "rmse": float(np.sqrt(np.mean(model_err ** 2))), "mase": mae / scale,
-            "baseline_mae": base_mae, "baseline_rmse": float(np.sqrt(np.mean(base_err ** 2))),
-            "baseline_mase": base_mae / scale,
-        },
-        "plots": plots,
-    }
-
-
-def score_texts(spec: TextTask, texts: pd.DataFrame, model: Any, segment: str = "holdout") -> dict[str, Any]:
-    """Classification metrics of a sentiment pyfunc on `segment` (confusion matrix kept aside for the plot)."""
-    # The pyfunc refuses what the REST endpoint refuses: requests over max_records, and (by default)
-    # texts over max_text_length characters, which a corpus may hold; score those on their prefix.
-    part = [text[:spec.serving.max_text_length] for text in texts.loc[texts["split"] == segment, "text"]]
-    size = spec.serving.max_records
-    predicted = [label for start in range(0, len(part), size)
-                 for label in model.predict(pd.DataFrame({"text": part[start:start + size]}))["label"]]
-    truth = texts.loc[texts["split"] == segment, "label"].tolist()
-    metrics = classification_metrics(truth, predicted, list(spec.labels))
-    return {"metrics": {k: v for k, v in metrics.items() if k != "confusion_matrix"},
-            "confusion_matrix": metrics["confusion_matrix"]}
-
-
-def text_baseline(spec: TextTask, texts: pd.DataFrame, seed: int) -> dict[str, float]:
-    train, holdout = texts[texts["split"] == "train"], texts[texts["split"] == "holdout"]
-    metrics = tfidf_logreg_baseline(train["text"].tolist(), train["label"].tolist(), holdout["text"].tolist(),
-                                    holdout["label"].tolist(), list(spec.labels), seed)
-    return {f"baseline_{k}": v for k, v in metrics.items() if k != "confusion_matrix"}
-
-
-def load_prepared(root: Path, task: str, spec: TimeSeriesTask | TextTask) -> pd.DataFrame:
-    name = "texts.parquet" if isinstance(spec, TextTask) else "series.parquet"
-    return pd.read_parquet(prepared_dir(root, task) / name)
-
-
-def score_model(spec: TimeSeriesTask | TextTask, prepared: pd.DataFrame, model: Any,
-                segment: str = "holdout") -> dict[str, Any]:
+def score_model(spec: TaskSpec, prepared: pd.DataFrame, model: Any, segment: str = "holdout") -> Scored:
     """Metrics (and plot data) on `segment` of a loaded pyfunc, or of a model URI (logged or registered)."""
     if isinstance(model, str):
         model = mlflow.pyfunc.load_model(model)
-    if isinstance(spec, TextTask):
-        return score_texts(spec, prepared, model, segment)
-    return score_series(spec, prepared, pyfunc_forecaster(model), segment)
-
-
-def _log_plot(spec: TimeSeriesTask | TextTask, task: str, entry: dict[str, Any], scored: dict[str, Any],
-              baseline: dict[str, float]) -> None:
-    metrics, title = scored["metrics"], f"{task}/{entry['variant']} holdout"
-    if isinstance(spec, TextTask):
-        log_confusion_matrix(entry["run_id"], scored["confusion_matrix"], list(spec.labels),
-                             f"{title}: macro-F1 {metrics['macro_f1']:.3f} (TF-IDF baseline "
-                             f"{baseline['baseline_macro_f1']:.3f})")
-        return
-    sid, context, actual, forecasts, naive = scored["plots"][0]
-    log_forecast_plot(entry["run_id"], context, actual, forecasts, naive,
-                      f"{title}, series {sid}: MAE {metrics['mae']:.3f} vs seasonal naive {metrics['baseline_mae']:.3f}")
-
-
-def evaluate_task(root: Path, task: str, params: Params) -> Path:
-    spec = params.task(task)
-    configure(root)
-    record = json.loads(train_record(root, task).read_text())
-    prepared = load_prepared(root, task, spec)
-    baseline = text_baseline(spec, prepared, params.training.seed) if isinstance(spec, TextTask) else {}
-    metric = params.promote.metric_for(spec.kind)
-    results = {}
-    for entry in record["variants"]:
-        print(f"evaluate@{task}: scoring {entry['variant']} on validation and holdout", flush=True)
-        model = mlflow.pyfunc.load_model(entry["model_uri"])
-        selection = score_model(spec, prepared, model, "validation")["metrics"][metric.name]
-        scored = score_model(spec, prepared, model, "holdout")
-        metrics = {**scored["metrics"], **baseline}
-        with mlflow.start_run(run_id=entry["run_id"]):
-            mlflow.log_metrics({**{f"holdout_{k}": v for k, v in metrics.items()}, f"validation_{metric.name}": selection})
-        _log_plot(spec, task, entry, scored, baseline)
-        results[entry["variant"]] = {**metrics, f"validation_{metric.name}": selection, "val_loss": entry["val_loss"]}
-    out = metrics_file(root, task)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"task": task, "selection": f"validation_{metric.name} ({metric.goal})",
-                               "best_variant": best_variant(results, f"validation_{metric.name}", metric.goal),
-                               "variants": results}, indent=2, sort_keys=True))
-    return out
+    return kind_for(spec).score(prepared, model, segment)
 
 
 def best_variant(results: dict[str, dict[str, float]], key: str, goal: str) -> str:
-    """The variant with the best selection metric; NaN ranks last, ties go to the first name.
+    """The entry with the best `key`; NaN ranks last, ties go to the first name.
 
-    Selection uses the validation segment, never the holdout: the holdout stays an unbiased
-    estimate for the promotion gate.
+    Recurrent candidates are ranked by their cross-validation score, never the holdout: the holdout
+    stays an unbiased estimate for the gate.
     """
     sign = 1.0 if goal == "minimize" else -1.0
     return min(results, key=lambda v: (np.nan_to_num(sign * results[v][key], nan=np.inf), v))
+
+
+def _log_candidate(name: str, kind_of: str, log: Callable[[Path], str], workdir: Path, task: str,
+                   root: Path) -> dict[str, str]:
+    """A baseline or an ensemble as a child run of the active (parent) run, with its pyfunc logged."""
+    with child_run(name, task, data_version(root)) as run_id:
+        mlflow.set_tag(CANDIDATE_TYPE_TAG, kind_of)
+        mlflow.log_param("candidate_type", kind_of)
+        model_uri = log(workdir / name)
+    return {"type": kind_of, "run_id": run_id, "model_uri": model_uri}
+
+
+def store_calibration(model_uri: str, payload: dict[str, Any]) -> None:
+    """calibration.json into a logged model (models:/m-...), at its root beside MLmodel, where its pyfunc reads it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_calibration(Path(tmp), payload)
+        mlflow.MlflowClient().log_model_artifacts(model_uri.rsplit("/", 1)[-1], tmp)
+
+
+def _score(kind: TaskKind, prepared: pd.DataFrame, model_uri: str, metric: Metric
+           ) -> tuple[float, Scored, Calibration]:
+    """(cross-validation score on the validation origins, holdout Scored with the calibration's metrics,
+    the calibration) of one logged model, calibrated in between."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    validation = kind.score(prepared, model, "validation")
+    calibration = kind.calibrate(prepared, model, validation)
+    store_calibration(model_uri, calibration.payload)
+    holdout = kind.score(prepared, mlflow.pyfunc.load_model(model_uri), "holdout")
+    scored = Scored({**holdout.metrics, **calibration.metrics}, holdout.details)
+    return validation.metrics[metric.name], scored, calibration
+
+
+def margin(recurrent: float, baseline: float, goal: str) -> float:
+    """How much worse (> 0) or better (< 0) the recurrent score is than the baseline's, relative to it."""
+    if not (math.isfinite(recurrent) and math.isfinite(baseline)) or baseline == 0:
+        return math.nan
+    worse = recurrent - baseline if goal == "minimize" else baseline - recurrent
+    return worse / abs(baseline)
+
+
+def choose(variants: dict[str, dict[str, float]], baselines: dict[str, dict[str, float]],
+           metric: Metric) -> dict[str, Any]:
+    """The candidate promote registers, with the comparison that chose it.
+
+    The best recurrent candidate (by cross-validation) goes forward only if it beats the best
+    baseline (by holdout: the served model must never be worse than any baseline there) on the
+    holdout metric; otherwise the best baseline does.
+    """
+    best = best_variant(variants, f"validation_{metric.name}", metric.goal)
+    base = best_variant(baselines, metric.name, metric.goal)
+    ours, theirs = variants[best][metric.name], baselines[base][metric.name]
+    wins, _ = decide(ours, theirs, 0.0, metric.goal)
+    gap = margin(ours, theirs, metric.goal)
+    if wins:
+        verdict = (f"recurrent candidate {best} beats the best baseline {base} on the holdout: {metric.name} "
+                   f"{ours:.4g} vs {theirs:.4g} ({-gap:.1%} better)")
+    else:
+        verdict = (f"the recurrent models lost: the best, {best}, has holdout {metric.name} {ours:.4g} against "
+                   f"{theirs:.4g} for the baseline {base} ({gap:.1%} worse); the baseline {base} is the candidate")
+    return {"best_variant": best, "best_baseline": base, "chosen": best if wins else base,
+            "chosen_type": None if wins else BASELINE, "verdict": verdict,
+            "margin": {"metric": metric.name, "recurrent": ours, "baseline": theirs, "relative": gap}}
+
+
+def evaluate_task(root: Path, task: str, params: Params) -> Path:
+    spec = task_spec(root, task, params)
+    kind = kind_for(spec)
+    configure(root)
+    record = json.loads(train_record(root, task).read_text())
+    folder = prepared_dir(root, task)
+    prepared = kind.load_prepared(folder)
+    metric = params.promote.metric_for(spec.kind)
+    cv_key = f"validation_{metric.name}"
+    models = {e["variant"]: {"type": VARIANT, "run_id": e["run_id"], "model_uri": e["model_uri"]}
+              for e in record["variants"]}
+    scores: dict[str, tuple[float, Scored, Calibration]] = {}
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=record["parent_run_id"]):
+        for name, log in kind.baselines(folder, params.training.seed).items():
+            print(f"evaluate@{task}: fitting and logging baseline {name}", flush=True)
+            models[name] = _log_candidate(name, BASELINE, log, Path(tmp), task, root)
+        for name, entry in models.items():
+            print(f"evaluate@{task}: scoring {name} on the validation origins and the holdout", flush=True)
+            scores[name] = _score(kind, prepared, entry["model_uri"], metric)
+        ranked = sorted((n for n in models if models[n]["type"] == VARIANT),
+                        key=lambda n: (np.nan_to_num(scores[n][0] * (1 if metric.goal == "minimize" else -1),
+                                                     nan=np.inf), n))
+        ensemble = kind.ensemble(folder, [models[n]["model_uri"] for n in ranked])
+        if ensemble is not None:
+            print(f"evaluate@{task}: logging and scoring the ensemble of {', '.join(ranked)}", flush=True)
+            models[ENSEMBLE] = _log_candidate(ENSEMBLE, ENSEMBLE, ensemble, Path(tmp), task, root)
+            scores[ENSEMBLE] = _score(kind, prepared, models[ENSEMBLE]["model_uri"], metric)
+    baselines = {n: scores[n][1] for n in models if models[n]["type"] == BASELINE}
+    best_base = best_variant({n: s.metrics for n, s in baselines.items()}, metric.name, metric.goal)
+    reference = {f"baseline_{k}": v for k, v in baselines[best_base].metrics.items()}
+    val_losses = {e["variant"]: e["val_loss"] for e in record["variants"]}
+    variants, baseline_results = {}, {}
+    for name, entry in models.items():
+        selection, scored, calibration = scores[name]
+        metrics = {**scored.metrics, **({} if entry["type"] == BASELINE else reference)}
+        with mlflow.start_run(run_id=entry["run_id"]):
+            mlflow.log_metrics({**{f"holdout_{k}": v for k, v in {**scored.metrics, **reference}.items()},
+                                cv_key: selection})
+        kind.plot(entry["run_id"], f"{task}/{name} holdout", scored, baselines)
+        kind.plot_calibration(entry["run_id"], f"{task}/{name} holdout", calibration)
+        row = {**metrics, cv_key: selection, **({"val_loss": val_losses[name]} if name in val_losses else {})}
+        (baseline_results if entry["type"] == BASELINE else variants)[name] = row
+    choice = choose(variants, baseline_results, metric)
+    choice["chosen_type"] = choice["chosen_type"] or models[choice["chosen"]]["type"]
+    print(f"evaluate@{task}: {choice['verdict']}", flush=True)
+    out = metrics_file(root, task)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"task": task, "selection": f"{cv_key} ({metric.goal}), rolling-origin cross-validation",
+                               **choice, "variants": variants, "baselines": baseline_results, "models": models},
+                              indent=2, sort_keys=True))
+    return out
 
 
 if __name__ == "__main__":

@@ -21,11 +21,13 @@ from typing import Any, Iterator
 from prefect import flow, get_run_logger, task
 from prefect.futures import wait
 
-from pipelines import registry
+from pipelines import console, registry
 from pipelines.config import load_params
-from pipelines.data import ingest, versioning
+from pipelines.data import fingerprint, ingest, versioning
 from pipelines.orchestration import policy as orchestration
-from pipelines.project import project_root, raw_path, seqops_home, tracking_uri
+from pipelines.orchestration import recovery
+from pipelines.project import project_root, seqops_home, tracking_uri
+from pipelines.tasks.settings import task_spec
 
 
 def _stage_environment() -> None:
@@ -37,7 +39,8 @@ def _stage_environment() -> None:
 
 @task(task_run_name="version-data")
 def version_data(root: str, task_names: list[str]) -> dict[str, str]:
-    """Ingest each task's source if it has no raw data yet, then `dvc add data` and `dvc push`.
+    """Ingest each task's source when it has no raw data yet or the source changed (its fingerprint,
+    pipelines/data/fingerprint.py), then `dvc add data` and `dvc push`.
 
     One version for the whole retrain: data.dvc covers every task's raw data, so every run of this
     retrain is tagged with the version data.dvc records at its end.
@@ -46,12 +49,18 @@ def version_data(root: str, task_names: list[str]) -> dict[str, str]:
     path = Path(root)
     params = load_params(path)
     for task_name in task_names:
-        if not raw_path(path, task_name).exists():
-            logger.info("ingesting %s from %s", task_name, params.task(task_name).source)
-            ingest.ingest(task_name, params, path)
+        source = params.task(task_name).source
+        reason = fingerprint.reingest_reason(path, task_name, source)
+        if reason is not None:
+            logger.info("ingesting %s from %s: %s", task_name, source, reason)
+            with console.timed(task_name, "ingest") as step:
+                ingest.ingest(task_name, params, path)
+                step.note = reason
     remote = versioning.use_remote_from_env(path)
-    version = versioning.track(path)
-    versioning.push(path)
+    with console.timed("data", "version") as step:
+        version = versioning.track(path)
+        versioning.push(path)
+        step.note = f"md5 {version.md5[:12]}, pushed"
     logger.info("data version %s (git %s) pushed%s", version.md5, version.git_sha[:12],
                 f" to {remote}" if remote else "")
     return {"md5": version.md5, "git_sha": version.git_sha}
@@ -61,7 +70,10 @@ def version_data(root: str, task_names: list[str]) -> dict[str, str]:
 def run_stage(root: str, stage: str, force: bool) -> bool:
     """One dvc.yaml stage (prepare@task, ...); returns whether DVC ran it or found it up to date."""
     _stage_environment()
-    ran = versioning.reproduce(Path(root), stage, force=force)
+    name, _, task_name = stage.partition("@")
+    with console.timed(task_name, name) as step:
+        ran = versioning.reproduce(Path(root), stage, force=force)
+        step.status = "done" if ran else "up to date"
     get_run_logger().info("%s: %s", stage, "ran" if ran else "up to date, skipped")
     return ran
 
@@ -70,6 +82,9 @@ def run_stage(root: str, stage: str, force: bool) -> bool:
 def stage_is_stale(root: str, stage: str) -> bool:
     """Whether DVC would rerun `stage`: its data, params, code or outputs changed."""
     stale = versioning.stage_changed(Path(root), stage)
+    if not stale:
+        name, _, task_name = stage.partition("@")
+        console.report(task_name, name, "up to date")
     get_run_logger().info("%s: %s", stage, "stale" if stale else "up to date, skipped")
     return stale
 
@@ -96,18 +111,19 @@ def train_one_variant(root: str, task_name: str, variant: str, parent_run_id: st
     """
     import torch
 
-    from pipelines.train.stage import adapter_for, train_variant
+    from pipelines.tasks import kind_for
+    from pipelines.train.stage import train_variant
     from pipelines.train.tracking import configure
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking
     path = Path(root)
     params = load_params(path)
-    spec = params.task(task_name)
+    spec = task_spec(path, task_name, params)
     torch.set_num_threads(params.training.num_threads)
     chosen = next(v for v in spec.variants if v.name == variant)
     configure(path)
     with _inside_parent(parent_run_id), tempfile.TemporaryDirectory() as tmp:
-        result = train_variant(path, task_name, params, chosen, adapter_for(path, task_name, spec), Path(tmp))
+        result = train_variant(path, task_name, params, chosen, kind_for(spec), Path(tmp))
     get_run_logger().info("%s/%s: val_loss %.4f, run %s", task_name, variant, result["val_loss"], result["run_id"])
     return result
 
@@ -118,19 +134,23 @@ def train_variants(root: str, task_name: str) -> str:
 
     Writes the stage's output (artifacts/<task>/train.json) and records the stage in dvc.lock.
     """
-    from pipelines.train.stage import write_record
+    from pipelines.tasks import kind_for
+    from pipelines.train.stage import pretrain_task, write_record
     from pipelines.train.tracking import parent_run
 
     path = Path(root)
     params = load_params(path)
-    spec = params.task(task_name)
+    spec = task_spec(path, task_name, params)
     train = orchestration.retrying(params.orchestration)(train_one_variant)
-    with parent_run(task_name, path, versioning.data_version(path)) as parent_id:
-        futures = [train.submit(root, task_name, v.name, parent_id, tracking_uri(path)) for v in spec.variants]
-        wait(futures)
-        results = [future.result() for future in futures]
-    write_record(path, task_name, parent_id, results)
-    versioning.commit_stage(path, f"train@{task_name}")
+    with console.timed(task_name, "train") as step:
+        with parent_run(task_name, path, versioning.data_version(path)) as parent_id:
+            pretrain_task(path, task_name, params, kind_for(spec))
+            futures = [train.submit(root, task_name, v.name, parent_id, tracking_uri(path)) for v in spec.variants]
+            wait(futures)
+            results = [future.result() for future in futures]
+        write_record(path, task_name, parent_id, results)
+        versioning.commit_stage(path, f"train@{task_name}")
+        step.note = f"{len(results)} variant{'s' if len(results) != 1 else ''}"
     return parent_id
 
 
@@ -141,14 +161,16 @@ def promote(root: str, task_name: str) -> dict[str, Any]:
 
     path = Path(root)
     params = load_params(path)
-    spec = params.task(task_name)
+    spec = task_spec(path, task_name, params)
     prepared = load_prepared(path, task_name, spec)
     metric = params.promote.metric_for(spec.kind).name
 
     def rescore(model_uri: str) -> float:
-        return float(score_model(spec, prepared, model_uri)["metrics"][metric])
+        return float(score_model(spec, prepared, model_uri).metrics[metric])
 
-    decision = registry.promote(path, task_name, params, rescore)
+    with console.timed(task_name, "promote") as step:
+        decision = registry.promote(path, task_name, params, rescore)
+        step.note = f"v{decision.version} {'promoted' if decision.promoted else 'not promoted'}"
     get_run_logger().info("%s v%s: %s (%s)", task_name, decision.version,
                           "promoted to champion" if decision.promoted else "not promoted", decision.reason)
     return asdict(decision)
@@ -160,7 +182,7 @@ def _retrain_task(root: str, name: str, force: bool, data: dict[str, str]) -> di
     ran = [retry(run_stage)(root, f"prepare@{name}", force)]
     stale = force or retry(stage_is_stale)(root, f"train@{name}")
     if stale:
-        runner = orchestration.task_runner(params.orchestration.task_runner, len(params.task(name).variants),
+        runner = orchestration.task_runner(params.orchestration.task_runner, len(task_spec(Path(root), name, params).variants),
                                            scratch=seqops_home(Path(root)) / "dask")
         train_variants.with_options(task_runner=runner)(root, name)
     ran.append(stale)
@@ -183,9 +205,14 @@ def retrain(tasks: list[str] | None = None, force: bool = False, root: str | Non
     for name in names:
         params.task(name)
     _stage_environment()
+    for repaired in recovery.recover(base):
+        get_run_logger().warning("after a crash: %s", repaired)
     data = orchestration.retrying(params.orchestration)(version_data)(str(base), names)
     summary: dict[str, Any] = {}
     for name in names:
-        with orchestration.one_retrain_at_a_time(name, params.orchestration.concurrency):
+        with orchestration.one_retrain_at_a_time(name, params.orchestration.concurrency, seqops_home(base)):
+            if killed := recovery.mark_killed_runs(base, name):
+                get_run_logger().warning("after a crash: marked %d MLflow run(s) of %s left RUNNING by a dead "
+                                         "process KILLED", len(killed), name)
             summary[name] = _retrain_task(str(base), name, force, data)
     return summary

@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from pipelines.config import Orchestration, TaskRunner
 
 LIMIT_PREFIX = "retrain-"
+SLOT_WAIT_S = 60.0  # longest wait for a free retrain-<task> slot before saying who holds it
 DASK_ADDRESS_ENV = "SEQOPS_DASK_ADDRESS"  # overrides params' task_runner.address (e.g. set by compose)
 
 # Text that marks a failure as transient once DVC or MLflow has flattened the exception into a message.
@@ -136,20 +137,42 @@ def task_runner(settings: TaskRunner, variants: int, scratch: Path | None = None
 
 
 @contextmanager
-def one_retrain_at_a_time(task: str, slots: int) -> Iterator[None]:
-    """Hold a slot of the global concurrency limit retrain-<task> (created or resized to `slots`)."""
+def one_retrain_at_a_time(task: str, slots: int, home: Path | None = None,
+                          wait_s: float = SLOT_WAIT_S) -> Iterator[None]:
+    """Hold a slot of the global concurrency limit retrain-<task> (created or resized to `slots`).
+
+    Slots of dead holders are released first (pipelines.orchestration.recovery; holders are recorded
+    under `home`, default the project's .seqops/). When live retrains hold every slot this says so,
+    naming them, and waits at most `wait_s` before raising RetrainBusy: never a silent hang.
+    """
     from prefect import get_client
     from prefect.concurrency.sync import concurrency
+    from prefect.logging import get_logger
+
+    from pipelines.orchestration.recovery import RetrainBusy, SlotHolders, busy_message, waiting_message
 
     name = limit_name(task)
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name, slots)
-    with concurrency(name, occupy=1, strict=True):
+    holders = SlotHolders(name, home)
+    with ExitStack() as held:
+        with holders.locked(), get_client(sync_client=True) as client:
+            client.upsert_global_concurrency_limit_by_name(name, slots)
+            live = holders.reclaim(lambda dead, seconds: client.release_concurrency_slots([name], dead, seconds))
+            granted = held.enter_context(holders.waiting())
+        if len(live) >= slots:
+            get_logger("seqops.concurrency").warning(waiting_message(name, live, wait_s))
+        try:
+            held.enter_context(concurrency(name, occupy=1, strict=True, timeout_seconds=wait_s))
+        except TimeoutError:
+            raise RetrainBusy(busy_message(name, live, wait_s)) from None
+        granted()
         yield
 
 
-def failure_summary(flow_run: Any, state: Any, failed_tasks: list[Any]) -> str:
-    """One readable paragraph: the flow run, the step(s) that failed and why, and what that means."""
+def failure_summary(flow_run: Any, state: Any, failed_tasks: list[Any], cause: str | None = None) -> str:
+    """One readable paragraph: the flow run, the step(s) that failed and why, and what that means.
+
+    `cause`: a stage subprocess's own one-line cause (DVC only says the stage "exited with 1").
+    """
     params = getattr(flow_run, "parameters", {}) or {}
     tasks = params.get("tasks") or "all tasks"
     lines = [f"retrain FAILED (flow run {flow_run.name!r}, tasks: {tasks}, force: {params.get('force', False)})"]
@@ -159,6 +182,8 @@ def failure_summary(flow_run: Any, state: Any, failed_tasks: list[Any]) -> str:
         lines.append(f"  step {run.name} failed after {tries} tr{'y' if tries == 1 else 'ies'}: {message}")
     if not failed_tasks:
         lines.append(f"  {state.message}")
+    if cause:
+        lines.append(f"  root cause: {cause}")
     lines.append("  No model was promoted by this run; champion aliases are unchanged. "
                  "Fix the cause and rerun (`seqops run`, or the deployment `retrain/retrain`).")
     return "\n".join(lines)
@@ -189,4 +214,7 @@ def report_failure(flow: Any, flow_run: Any, state: Any) -> None:
                     type=TaskRunFilterStateType(any_=[StateType.FAILED, StateType.CRASHED]))))
     except Exception:  # the API itself may be what failed; the flow state's message still says why
         failed = []
-    flow_run_logger(flow_run, flow).error(failure_summary(flow_run, state, failed))
+    from pipelines.console import recorded_cause
+
+    cause = recorded_cause()
+    flow_run_logger(flow_run, flow).error(failure_summary(flow_run, state, failed, cause and cause["cause"]))

@@ -1,16 +1,19 @@
-"""`seqops schedule`: serve the retrain flow as a Prefect deployment on a cron schedule.
+"""The Prefect servers seqops starts: `seqops schedule`'s, and the API of one `seqops run`.
 
-Prefect's ephemeral mode runs flows but cannot schedule them, so this needs a Prefect server:
-PREFECT_API_URL's when set, otherwise a local `prefect server start` started here as a child
+Prefect's ephemeral mode runs flows but cannot schedule them, so `seqops schedule` needs a Prefect
+server: PREFECT_API_URL's when set, otherwise a local `prefect server start` started here as a child
 process (127.0.0.1, a free port, state in <SEQOPS_HOME>/prefect-server) and stopped when the
 command stops, by Ctrl-C, SIGTERM or an error. `flow.serve` then registers the deployment
 `retrain/retrain` and runs each due run in a subprocess; on shutdown it pauses the schedule.
+
+`seqops run` does not let Prefect start its own temporary server: that one is a plain child of the
+flow's process and outlives a `kill -9` of it. `run_api` starts the same API (uvicorn, no UI, no
+background services) under pipelines.processes' guard instead, so it dies with the command.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -18,10 +21,15 @@ from pathlib import Path
 from typing import Iterator
 
 from pipelines.errors import SeqopsError
-from pipelines.serving.process import answers, free_port, stop_group, wait_until_answering
+from pipelines.processes import Guarded, exit_on_sigterm
+from pipelines.project import ENVIRONMENT_DEFAULTS, seqops_home
+from pipelines.serving.process import answers, free_port, wait_until_answering
+
+__all__ = ["LocalPrefectServer", "ScheduleError", "exit_on_sigterm", "prefect_api", "run_api", "serve_retrain"]
 
 DEPLOYMENT = "retrain"
 SERVER_HOME = "prefect-server"
+STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"  # Prefect's own, for its temporary server
 
 
 class ScheduleError(SeqopsError):
@@ -33,20 +41,22 @@ def api_healthy(api_url: str, timeout: float = 5.0) -> bool:
 
 
 class LocalPrefectServer:
-    """`prefect server start` as a child process in its own session; a context manager.
+    """A Prefect server as a guarded child process (pipelines.processes); a context manager.
 
-    Stopping signals the whole process group (SIGTERM, then SIGKILL after `stop_timeout`), so
-    nothing it started outlives it.
+    `api_only`: the API alone, as Prefect's own temporary server runs it (no UI, no background
+    services), for one `seqops run`; otherwise `prefect server start` with its UI and scheduler.
+    Stopping stops the whole process group, and so does the death of the command that started it.
     """
 
     def __init__(self, home: Path, port: int | None = None, host: str = "127.0.0.1",
                  startup_timeout: float = 120.0, stop_timeout: float = 20.0,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, api_only: bool = False) -> None:
         self.home, self.host, self.port = home, host, port or free_port()
         self.startup_timeout, self.stop_timeout = startup_timeout, stop_timeout
         self.extra_env = env or {}
+        self.api_only = api_only
         self.log_path = home / "server.log"
-        self.process: subprocess.Popen | None = None
+        self.server: Guarded | None = None
 
     @property
     def api_url(self) -> str:
@@ -57,21 +67,27 @@ class LocalPrefectServer:
         return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
-        prefect = str(Path(sys.executable).parent / "prefect")
-        return [prefect, "server", "start", "--host", self.host, "--port", str(self.port)]
+        if self.api_only:
+            import prefect
+
+            return [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent),
+                    "--factory", "prefect.server.api.server:create_app", "--host", self.host,
+                    "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
+        prefect_bin = str(Path(sys.executable).parent / "prefect")
+        return [prefect_bin, "server", "start", "--host", self.host, "--port", str(self.port)]
 
     def environment(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
         env.update({"PREFECT_HOME": str(self.home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                     "PREFECT_UI_API_URL": self.api_url, **self.extra_env})
+        if self.api_only:  # what Prefect sets for its temporary server
+            env.update({"PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1", "PREFECT_UI_ENABLED": "0"})
         return env
 
     def start(self) -> "LocalPrefectServer":
         self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=self.environment(),
-                                            start_new_session=True)
+        self.server = Guarded(self.command(), seqops_home(), "prefect-api" if self.api_only else "prefect-server",
+                              env=self.environment(), log=self.log_path)
         try:
             self._wait_ready()
         except BaseException:  # not ready, or Ctrl-C / SIGTERM while starting: leave nothing running
@@ -79,20 +95,20 @@ class LocalPrefectServer:
             raise
         return self
 
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.server.process if self.server else None
+
     def _wait_ready(self) -> None:
-        wait_until_answering(self.process, f"{self.api_url}/health", self.startup_timeout,
-                             "`prefect server start`", self._log_tail, error=ScheduleError)
+        what = "the Prefect API (uvicorn)" if self.api_only else "`prefect server start`"
+        wait_until_answering(self.process, f"{self.api_url}/health", self.startup_timeout, what, self._log_tail,
+                             error=ScheduleError)
 
     def stop(self) -> None:
         """Stop the server's process group; a second Ctrl-C or SIGTERM waits until that is done."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            stop_group(process, self.stop_timeout)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop(self.stop_timeout)
 
     def _log_tail(self, lines: int = 15) -> str:
         try:
@@ -112,8 +128,6 @@ class LocalPrefectServer:
 def prefect_api(home: Path, start_local: bool = True, port: int | None = None,
                 announce=print) -> Iterator[str]:
     """A Prefect API URL for the duration: PREFECT_API_URL's server, or a local one started here."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     url = os.environ.get("PREFECT_API_URL")
     if url:
         if not api_healthy(url):
@@ -129,12 +143,45 @@ def prefect_api(home: Path, start_local: bool = True, port: int | None = None,
     announce(f"starting a local Prefect server (state in {home}, log {home / 'server.log'}) ...")
     with LocalPrefectServer(home, port=port) as server:
         announce(f"Prefect server: {server.api_url}   UI: {server.ui_url}")
-        os.environ["PREFECT_API_URL"] = server.api_url  # the runs `serve` starts are subprocesses
+        with _pointed_at(server.api_url):  # the runs `serve` starts are subprocesses
+            yield server.api_url
+
+
+@contextmanager
+def _pointed_at(url: str) -> Iterator[None]:
+    """PREFECT_API_URL = `url` for the duration, in this process's settings and its children's environment."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+@contextmanager
+def run_api(home: Path) -> Iterator[str]:
+    """The Prefect API of one `seqops run`: the configured one (PREFECT_API_URL), else a guarded local one.
+
+    `home` is the run's PREFECT_HOME (its database); yields the URL the run's flows talk to.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        yield PREFECT_API_URL.value()
+        return
+    timeout = float(os.environ.get(STARTUP_TIMEOUT_ENV, ENVIRONMENT_DEFAULTS[STARTUP_TIMEOUT_ENV]))
+    with LocalPrefectServer(home, api_only=True, startup_timeout=timeout) as server, \
+            _pointed_at(server.api_url):  # DVC stages and Dask workers inherit it
         try:
-            with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-                yield server.api_url
+            yield server.api_url
         finally:
-            os.environ.pop("PREFECT_API_URL", None)
+            from prefect.logging.handlers import APILogWorker
+
+            # Send the run's queued logs while the server answers; at exit they would wait a
+            # minute on a stopped server, then print "Error logging to API".
+            APILogWorker.drain_all(timeout=10)
 
 
 def serve_retrain(root: Path, cron: str, timezone: str = "UTC", tasks: list[str] | None = None,
@@ -157,16 +204,3 @@ def serve_retrain(root: Path, cron: str, timezone: str = "UTC", tasks: list[str]
         description="Version data, prepare, train variants, evaluate and promote; DVC skips unchanged stages.",
         pause_on_shutdown=True,
     )
-
-
-@contextmanager
-def exit_on_sigterm() -> Iterator[None]:
-    """SIGTERM raises SystemExit (until `serve` installs its own handler), so cleanup always runs."""
-    def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

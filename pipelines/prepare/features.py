@@ -5,8 +5,10 @@ network would have to extrapolate), then standard scaling per feature. The same 
 raw history into network inputs and a network forecast back into raw units, so training,
 evaluation and the REST endpoint cannot drift apart.
 
-Text: a tweet-aware tokenizer and a vocabulary fitted on the training split; the vocabulary (with
+Text: a tweet-aware tokenizer and a word vocabulary fitted on the training split; the vocabulary (with
 its tokenizer settings) is saved as JSON next to the model so the server encodes text the same way.
+Subword (byte-level BPE) encoding over the same tweet tokens lives in pipelines/prepare/text.py; the
+word vocabulary stays here, where models registered before it pickled their reference to it.
 """
 
 from __future__ import annotations
@@ -121,6 +123,15 @@ _TOKEN_PATTERN = re.compile(r"""
 """, re.VERBOSE)
 
 
+def pad_batch(encoded: Sequence[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Token id lists -> ids int64 [B, T] right-padded with `<pad>` (T = the longest) and lengths int64 [B]."""
+    lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
+    batch = np.full((len(encoded), int(lengths.max(initial=0))), PAD_ID, dtype=np.int64)
+    for row, ids in enumerate(encoded):
+        batch[row, :len(ids)] = ids
+    return batch, lengths
+
+
 @dataclass(frozen=True)
 class Tokenizer:
     """Tweet tokens: words (with inner apostrophes), #hashtags, emoticons, "!" and "?".
@@ -193,12 +204,7 @@ class Vocabulary:
 
     def encode_batch(self, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
         """ids int64 [B, T] right-padded with `<pad>` (T = the longest in the batch) and lengths int64 [B]."""
-        encoded = [self.encode(text, max_length) for text in texts]
-        lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
-        batch = np.full((len(encoded), int(lengths.max(initial=0))), PAD_ID, dtype=np.int64)
-        for row, ids in enumerate(encoded):
-            batch[row, :len(ids)] = ids
-        return batch, lengths
+        return pad_batch([self.encode(text, max_length) for text in texts])
 
     def save(self, path: Path) -> None:
         payload = {"tokenizer": asdict(self.tokenizer), "tokens": list(self.tokens)}

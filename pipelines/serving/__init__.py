@@ -10,6 +10,7 @@ Models registered before the stage folders existed pickled their classes as
 them loadable in a process that has already imported this package.
 """
 
-from pipelines.serving.pyfunc import ForecastModel, SentimentModel
+from pipelines.serving.pyfunc import ForecastModel
+from pipelines.serving.sentiment import SentimentModel
 
 __all__ = ["ForecastModel", "SentimentModel"]

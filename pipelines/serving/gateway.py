@@ -8,8 +8,15 @@ the `champion` alias moved (MLflow issues #4039, #8007). The wrapper, per reques
   sees the answer), treats a missing Content-Type (or curl's default for -d) as JSON, refuses
   other types with a 415;
 - answers JSON on a fast path (pipelines/serving/requests.py: the pyfunc's own validation, unknown
-  columns and params refused), forwards CSV/Parquet and any other route to MLflow's app;
-- gives up after serving.request_timeout_s with a 504;
+  columns and params refused) and forwards CSV/Parquet to MLflow's app; any other path is a 404
+  (MLflow's /docs, /redoc and /openapi.json are not served);
+- validates a JSON request whole (records within serving.max_records, cost within
+  serving.max_request_steps), then scores it beside the requests that arrive with it
+  (pipelines/serving/batching.py) when the model scores prepared requests together;
+- gives up after serving.request_timeout_s with a 504, and the model stops working on it (the deadline
+  is checked inside the forecast loop); answers 503 with Retry-After past serving.max_queue requests;
+- gives the body serving.read_timeout_s to arrive (408 and the connection closes), as it does the
+  headers (pipelines/serving/limits.py), and caps open connections at serving.max_connections;
 - adds `X-Model-Version` to every response and counts it in /metrics (Prometheus).
 
 GET /health (and /ping) and /version describe the served model. A background thread per worker
@@ -21,8 +28,6 @@ finish on the old one and none fails.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -31,106 +36,33 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import mlflow
-import torch
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from pipelines.errors import SeqopsError
+from pipelines.serving.batching import Batcher
+from pipelines.serving.loading import CHAMPION, GatewayConfig, GatewayError, Served, load_served
 from pipelines.serving.metrics import ROUTES, Metrics
-from pipelines.serving.requests import CSV, JSON, PARQUET, InputError, ModelInputs, check_table, error_body, invoke
+from pipelines.serving.requests import CSV, JSON, PARQUET, InputError, check_table, error_body, invoke, prepare
+from pipelines.signing import UnverifiedModel
+
+__all__ = ["Gateway", "GatewayConfig", "GatewayError", "Served", "create_app", "load_served", "serve"]
 
 CONFIG_ENV = "SEQOPS_GATEWAY_CONFIG"
-CHAMPION = "champion"
 FORM = "application/x-www-form-urlencoded"  # what `curl -d` sends when not told otherwise
 DRAIN_LIMIT = 64 * 1024 * 1024  # past this, an oversized body is not even read: the connection closes
+INLINE_BYTES = 64 * 1024  # bodies up to this are validated on the event loop; larger ones in a thread of their own
 
 log = logging.getLogger("seqops.gateway")
 
 
-class GatewayError(SeqopsError):
-    """The gateway cannot start (no champion, a model that does not load); the message says why."""
-
-
-@dataclass(frozen=True)
-class GatewayConfig:
-    """What a worker needs to serve a task; travels to uvicorn's worker processes as JSON."""
-
-    task: str
-    model_name: str
-    tracking_uri: str
-    max_body_bytes: int = 2 * 1024 * 1024
-    request_timeout_s: float = 10.0
-    poll_interval_s: float = 10.0
-    concurrency: int = 1
-    threads: int = 1
-
-    @classmethod
-    def from_params(cls, task: str, model_name: str, tracking_uri: str, serving: Any) -> "GatewayConfig":
-        """From params.yaml's `serving` section (pipelines.config.Serving)."""
-        names = {f.name for f in dataclasses.fields(cls)} - {"task", "model_name", "tracking_uri"}
-        return cls(task, model_name, tracking_uri, **{n: getattr(serving, n) for n in names})
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-
-@dataclass(frozen=True)
-class Served:
-    """One loaded registry version, with everything a request needs from it."""
-
-    version: str
-    run_id: str | None
-    inputs: ModelInputs
-    predict: Any  # (DataFrame, params) -> predictions
-    app: Any  # MLflow's scoring app for this model
-    loaded_at: float
-
-    @property
-    def header(self) -> bytes:
-        return self.version.encode()
-
-
-def load_served(config: GatewayConfig, version: str | None = None) -> Served:
-    """Load a registered version (default: the current champion) fully, ready to swap in."""
-    from mlflow.pyfunc import scoring_server
-
-    mlflow.set_tracking_uri(config.tracking_uri)
-    mlflow.set_registry_uri(config.tracking_uri)
-    client = MlflowClient(config.tracking_uri, config.tracking_uri)
-    try:
-        found = (client.get_model_version_by_alias(config.model_name, CHAMPION) if version is None
-                 else client.get_model_version(config.model_name, version))
-    except MlflowException:
-        which = f"no version {version}" if version else f"no `{CHAMPION}` alias"
-        raise GatewayError(f"{config.model_name} has {which} in {config.tracking_uri}: "
-                           f"run `seqops run --task {config.task}` first") from None
-    uri = f"models:/{config.model_name}/{found.version}"
-    try:
-        model = mlflow.pyfunc.load_model(uri)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise GatewayError(f"{uri} does not load: {type(e).__name__}: {first}") from None
-    torch.set_num_threads(config.threads)
-    impl = model._model_impl
-    python_model, context = getattr(impl, "python_model", None), getattr(impl, "context", None)
-    if python_model is not None and "params" in inspect.signature(python_model.predict).parameters:
-        def predict(frame: Any, params: Any) -> Any:
-            return python_model.predict(context, frame, params)
-    else:  # not one of our PythonModels: MLflow's predict (with its schema enforcement)
-        def predict(frame: Any, params: Any) -> Any:
-            return model.predict(frame, params=params)
-    # MLflow's app (forwarded CSV/Parquet) reads its timeout from the environment when built.
-    os.environ["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(max(1, math.ceil(config.request_timeout_s)))
-    return Served(str(found.version), found.run_id, ModelInputs.from_metadata(model.metadata), predict,
-                  scoring_server.init(model), time.time())
-
-
 class BodyTooLarge(Exception):
+    pass
+
+
+class BodyTooSlow(Exception):
     pass
 
 
@@ -143,6 +75,12 @@ class Gateway:
         self.metrics = Metrics(config.task)
         self.metrics.version.labels(config.task).set(float(self.served.version))
         self.executor = ThreadPoolExecutor(config.concurrency, thread_name_prefix="seqops-predict")
+        self.validator = ThreadPoolExecutor(1, thread_name_prefix="seqops-validate")  # large bodies only
+        self.timed_out = error_body(f"the request took longer than {config.request_timeout_s:g} s "
+                                    "(serving.request_timeout_s); send fewer or shorter records", "REQUEST_TIMEOUT")
+        self.batcher = Batcher(self.executor, config.concurrency, config.batching, config.max_batch_records,
+                               config.batch_wait_ms, self.timed_out)
+        self.admitted = 0  # /invocations requests being read, validated, queued or scored (serving.max_queue)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -173,13 +111,27 @@ class Gateway:
             elif path in ROUTES:
                 allowed = "POST" if path == "/invocations" else "GET"
                 await _respond(tracked, 405, error_body(f"{method} {path} is not supported: use {allowed}"))
-            else:
-                await served.app(scope, receive, tracked)  # MLflow's own 404 / 405
+            else:  # MLflow's other routes (/docs, /redoc, /openapi.json) are not part of this API
+                await _respond(tracked, 404, error_body(f"{path} is not a route of this server: it serves "
+                                                        f"{', '.join(ROUTES)}", "ENDPOINT_NOT_FOUND"))
         finally:
             self.metrics.in_flight.dec()
             self.metrics.observe(method, path, status[0], time.perf_counter() - started)
 
     async def _invocations(self, scope: dict, receive: Any, send: Any, served: Served) -> None:
+        if self.admitted >= self.config.max_queue:  # refused before its body is read: overload costs little
+            await _respond(send, 503, error_body(f"the server has {self.admitted} requests waiting "
+                                                 "(serving.max_queue); retry shortly", "TEMPORARILY_UNAVAILABLE"),
+                           extra=[(b"retry-after", b"1"), (b"connection", b"close")])
+            return
+        self.admitted += 1
+        try:
+            await self._admitted(scope, receive, send, served)
+        finally:
+            self.admitted -= 1
+
+    async def _admitted(self, scope: dict, receive: Any, send: Any, served: Served) -> None:
+        deadline = time.monotonic() + self.config.request_timeout_s
         headers = dict(scope["headers"])
         raw_type = headers.get(b"content-type", b"").decode("latin-1")
         mime, *options = [part.strip() for part in raw_type.split(";")]
@@ -191,13 +143,17 @@ class Gateway:
         except BodyTooLarge as e:
             await _respond(send, 413, error_body(str(e), "REQUEST_LIMIT_EXCEEDED"))
             return
+        except BodyTooSlow as e:
+            await _respond(send, 408, error_body(str(e), "REQUEST_TIMEOUT"), extra=[(b"connection", b"close")])
+            return
         charset = next((o.split("=", 1)[1].strip().strip('"').lower() for o in options
                         if o.lower().startswith("charset=")), "utf-8")
         if charset not in ("utf-8", "utf8"):
             await _respond(send, 415, error_body(f"charset {charset!r} is not supported: send UTF-8", "BAD_REQUEST"))
             return
         if mime == JSON:
-            status, payload = await self._predict(served, body)
+            status, payload = await (self._score(served, body, deadline) if served.scorer is not None
+                                     else self._predict(served, body))
             await _respond(send, status, payload)
         elif mime in (CSV, PARQUET):
             try:
@@ -212,14 +168,20 @@ class Gateway:
             await _respond(send, 415, error_body(message, "BAD_REQUEST"))
 
     async def _read_body(self, receive: Any, declared: bytes | None) -> bytes:
+        """The body, which must arrive within serving.read_timeout_s (a client sending a byte a second is cut)."""
         limit, chunks, size = self.config.max_body_bytes, [], 0
+        deadline = time.monotonic() + self.config.read_timeout_s
         length = int(declared) if declared and declared.isdigit() else None
         over = length is not None and length > limit
         if length is not None and length > DRAIN_LIMIT:
             raise BodyTooLarge(f"the request body is {length} bytes; at most {limit} are accepted "
                                "(serving.max_body_bytes)")
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                raise BodyTooSlow(f"the request body did not arrive within {self.config.read_timeout_s:g} s "
+                                  f"(serving.read_timeout_s); {size} bytes came") from None
             if message["type"] == "http.disconnect":
                 break
             chunk = message.get("body", b"")
@@ -237,15 +199,33 @@ class Gateway:
                                "(serving.max_body_bytes)")
         return b"".join(chunks)
 
+    async def _score(self, served: Served, body: bytes, deadline: float) -> tuple[int, bytes]:
+        """A model that scores prepared requests: validated alone, then scored with what arrives beside it."""
+        config, self.batcher.arriving = self.config, self.batcher.arriving + 1
+        try:
+            args = (served.scorer, served.inputs, body, config.max_records, config.max_request_steps)
+            if len(body) <= INLINE_BYTES:
+                prepared = prepare(*args)
+            else:
+                prepared = await asyncio.get_running_loop().run_in_executor(self.validator, prepare, *args)
+        except InputError as e:
+            return e.status, error_body(e.message, e.error_code)
+        finally:
+            self.batcher.arriving -= 1
+        try:
+            return await asyncio.wait_for(self.batcher.submit(served, prepared, deadline), deadline - time.monotonic())
+        except asyncio.TimeoutError:
+            return 504, self.timed_out
+
     async def _predict(self, served: Served, body: bytes) -> tuple[int, bytes]:
+        """Any other pyfunc: MLflow's predict, one request at a time."""
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.executor, invoke, served.predict, served.inputs, body)
+        future = loop.run_in_executor(self.executor, invoke, served.predict, served.inputs, body,
+                                      self.config.max_records)
         try:
             return await asyncio.wait_for(future, self.config.request_timeout_s)
         except asyncio.TimeoutError:
-            message = (f"the request took longer than {self.config.request_timeout_s:g} s "
-                       "(serving.request_timeout_s); send fewer or shorter records")
-            return 504, error_body(message, "REQUEST_TIMEOUT")
+            return 504, self.timed_out
 
     async def _info(self, path: str, send: Any, served: Served) -> None:
         if path == "/metrics":
@@ -254,7 +234,7 @@ class Gateway:
         about = {"task": self.config.task, "model": self.config.model_name, "version": served.version}
         if path == "/version":
             about.update(run_id=served.run_id, model_uri=f"models:/{self.config.model_name}/{served.version}",
-                         loaded_at=served.loaded_at, mlflow_version=mlflow.__version__)
+                         loaded_at=served.loaded_at, mlflow_version=mlflow.__version__, **served.uncertainty)
         else:
             about = {"status": "ok", **about}
         await _respond(send, 200, json.dumps(about).encode())
@@ -279,7 +259,9 @@ class Gateway:
 
     def close(self) -> None:
         self._stop.set()
+        self.batcher.close()
         self.executor.shutdown(wait=False)
+        self.validator.shutdown(wait=False)
         self.metrics.close()
 
     def _poll(self) -> None:
@@ -302,6 +284,10 @@ class Gateway:
         previous = self.served.version
         try:
             served = load_served(self.config, version)
+        except UnverifiedModel as e:
+            self.metrics.reloads.labels("refused").inc()
+            log.error("champion moved to v%s: %s; still serving v%s", version, e, previous)
+            return False
         except Exception as e:
             self.metrics.reloads.labels("failed").inc()
             log.error("champion moved to v%s but it does not load (%s); still serving v%s", version, e, previous)
@@ -313,9 +299,10 @@ class Gateway:
         return True
 
 
-async def _respond(send: Any, status: int, body: bytes, content_type: bytes = b"application/json") -> None:
+async def _respond(send: Any, status: int, body: bytes, content_type: bytes = b"application/json",
+                   extra: list[tuple[bytes, bytes]] = ()) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -377,8 +364,12 @@ def serve(config: GatewayConfig, host: str, port: int, workers: int = 1, access_
     _tune_process()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     gateway = Gateway(config)  # loads here: a broken champion fails now, in one line, not in a worker
+    from pipelines.serving.limits import HeaderDeadlineProtocol
+
     options = {"host": host, "port": port, "access_log": access_log, "log_level": "info", "lifespan": "on",
-               "server_header": False, "timeout_graceful_shutdown": max(5, math.ceil(config.request_timeout_s))}
+               "server_header": False, "timeout_graceful_shutdown": max(5, math.ceil(config.request_timeout_s)),
+               "http": HeaderDeadlineProtocol, "loop": "uvloop", "timeout_keep_alive": config.read_timeout_s,
+               "limit_concurrency": config.max_connections}
     if workers == 1:
         uvicorn.run(gateway, **options)
         return

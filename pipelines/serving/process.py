@@ -1,13 +1,13 @@
 """Start, probe and stop a scoring-server process for a registered model.
 
 `mlflow models serve --env-manager local` execs uvicorn through bash, which must find it on
-PATH; the server runs in its own process group so stopping it stops uvicorn too.
+PATH; the server runs under pipelines.processes' guard, in its own process group, so stopping it
+(or the death of the command that started it) stops uvicorn too.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +18,10 @@ from typing import Callable
 import httpx
 
 from pipelines.errors import SeqopsError
+from pipelines.processes import Guarded, stop_group
+from pipelines.project import seqops_home
+
+__all__ = ["ScoringServer", "ServerError", "answers", "free_port", "stop_group", "wait_until_answering"]
 
 
 class ServerError(SeqopsError):
@@ -51,33 +55,11 @@ def wait_until_answering(process: subprocess.Popen, url: str, timeout: float, wh
     raise error(f"{what} did not answer {url} within {timeout:.0f}s{log_tail()}")
 
 
-def stop_group(process: subprocess.Popen, grace: float = 15.0) -> None:
-    """SIGTERM the process's group, SIGKILL what is left after `grace` seconds, and reap the leader.
-
-    Servers run in their own session (start_new_session=True), so the group holds everything
-    they started (mlflow's uvicorn, prefect's API workers); none of it may outlive a stop.
-    """
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    try:  # the group may outlive its leader for a moment
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def server_env(tracking_uri: str) -> dict[str, str]:
     env = dict(os.environ)
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env["MLFLOW_TRACKING_URI"] = env["MLFLOW_REGISTRY_URI"] = tracking_uri  # no stale registry URI may leak in
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
@@ -90,27 +72,38 @@ def serve_command(model_uri: str, host: str, port: int) -> list[str]:
 
 
 class ScoringServer:
-    """A background `mlflow models serve` process; use as a context manager."""
+    """A background `mlflow models serve` process; use as a context manager.
+
+    Recorded under <home>/pids/ (default: the project's .seqops/) so a later command stops it if the
+    one that started it was killed before it could.
+    """
 
     def __init__(self, model_uri: str, tracking_uri: str, host: str = "127.0.0.1", port: int | None = None,
-                 log_path: Path | None = None, startup_timeout: float = 120.0) -> None:
+                 log_path: Path | None = None, startup_timeout: float = 120.0, home: Path | None = None) -> None:
         self.model_uri, self.tracking_uri, self.host = model_uri, tracking_uri, host
         self.port = port or free_port()
         self.log_path = log_path
         self.startup_timeout = startup_timeout
-        self.process: subprocess.Popen | None = None
+        self.home = home
+        self.server: Guarded | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def process(self) -> subprocess.Popen | None:
+        """The guard leading the server's process group (its pid is the group's id)."""
+        return self.server.process if self.server else None
+
     def start(self) -> "ScoringServer":
-        log = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(serve_command(self.model_uri, self.host, self.port), stdout=log,
-                                        stderr=subprocess.STDOUT, env=server_env(self.tracking_uri),
-                                        start_new_session=True)
+        if self.log_path:
+            self.log_path.write_bytes(b"")
+        self.server = Guarded(serve_command(self.model_uri, self.host, self.port), self.home or seqops_home(),
+                              "scoring-server", env=server_env(self.tracking_uri),
+                              log=self.log_path or Path(os.devnull))
         try:
-            wait_until_answering(self.process, f"{self.url}/ping", self.startup_timeout,
+            wait_until_answering(self.server.process, f"{self.url}/ping", self.startup_timeout,
                                  f"scoring server for {self.model_uri}", self._log_tail)
         except BaseException:
             self.stop()
@@ -123,8 +116,9 @@ class ScoringServer:
         return ""
 
     def stop(self) -> None:
-        if self.process is not None:
-            stop_group(self.process)
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()
 
     def __enter__(self) -> "ScoringServer":
         return self.start()

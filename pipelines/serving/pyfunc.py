@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import mlflow
 import numpy as np
@@ -24,11 +26,22 @@ from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array, Map
 
 from models import ModelConfig, SequenceModel
-from pipelines.prepare.features import SeriesTransform, Vocabulary
+from models.inference import DeadlineExceeded, stepper_for
+from pipelines.data.calendar import to_utc_naive
+from pipelines.evaluate.intervals import (
+    CONFORMAL,
+    DEFAULT_LEVELS,
+    ConformalIntervals,
+    LevelError,
+    parse_levels,
+    read_calibration,
+)
+from pipelines.prepare.features import SeriesTransform
+from pipelines.prepare.future_inputs import LEAD, FutureInputs
 from pipelines.project import PACKAGE_ROOT
 
 CODE_PATHS = [str(PACKAGE_ROOT / "models"), str(PACKAGE_ROOT / "pipelines")]
-PINNED = ["torch", "pytorch-lightning", "mlflow", "numpy", "pandas", "pyyaml", "pydantic"]
+PINNED = ["torch", "pytorch-lightning", "mlflow", "numpy", "pandas", "pyyaml", "pydantic", "tokenizers"]
 
 
 def pip_requirements() -> list[str]:
@@ -36,11 +49,12 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version(name).split('+')[0]}" for name in PINNED]
 
 
-def _bad(message: str) -> MlflowException:
+def bad_input(message: str) -> MlflowException:
+    """A 400 with `message`: MLflow's scoring server and the gateway answer INVALID_PARAMETER_VALUE so."""
     return MlflowException.invalid_parameter_value(message)
 
 
-def _load_network(context: Any) -> tuple[SequenceModel, dict[str, Any]]:
+def load_network(context: Any) -> tuple[SequenceModel, dict[str, Any]]:
     spec = json.loads(Path(context.artifacts["spec"]).read_text())
     network = SequenceModel(ModelConfig(**spec["model"]))
     network.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
@@ -62,78 +76,220 @@ def registered_version(run_id: str | None) -> str | None:
     return str(max(int(v.version) for v in versions)) if versions else None
 
 
-class ForecastModel(mlflow.pyfunc.PythonModel):
-    """Rows of {series_id?, history: [floats], <covariate>: [floats]...} -> {series_id, forecast}.
+@dataclass(frozen=True)
+class Prepared:
+    """One request, validated whole and ready to be scored beside others (pipelines/serving/batching.py): a bad
+    request is refused alone, before it can share a batch. `steps` is what scoring it costs in recurrent steps
+    (forecast: records x (history + horizon)), checked against serving.max_request_steps."""
 
-    `params.horizon` (default from params.yaml serving.default_horizon) sets the forecast length.
+    rows: list[Any]
+    steps: int
+
+    @property
+    def records(self) -> int:
+        return len(self.rows)
+
+
+@dataclass(frozen=True)
+class ForecastRow:
+    """One validated forecast record, with the request's horizon and levels."""
+
+    series_id: str
+    history: dict[str, np.ndarray]
+    future: dict[str, np.ndarray]
+    last: pd.Timestamp | None
+    horizon: int
+    levels: list[float]
+
+
+class ForecastModel(mlflow.pyfunc.PythonModel):
+    """Rows of {series_id?, history: [floats], <covariate>: [floats]..., last_timestamp?, future_<known>: [floats]}
+    -> {series_id, forecast, intervals?, timestamps?}.
+
+    `params.horizon` (default from params.yaml serving.default_horizon) sets the forecast length. With
+    `last_timestamp` (the history's last step) the answer carries the horizon's `timestamps` on the
+    task's calendar; a model with calendar features needs it. A known covariate (known_covariates in
+    params.yaml) sends its history like any covariate plus `future_<name>`: one value per horizon step.
+    `params.level` (default serving.levels) lists the coverage levels of the `intervals` each prediction
+    carries: conformal, from the calibration evaluate wrote into the model (pipelines/evaluate/intervals.py).
     """
+
+    batching: ClassVar[bool] = True  # prepare / predict_prepared: the gateway scores requests together
 
     def load_context(self, context: Any) -> None:
         torch.set_num_threads(1)
-        self.network, spec = _load_network(context)
+        self.network, spec = self._load_predictor(context)
+        self.stepper = stepper_for(self.network)  # None: not one steppable network (a baseline, an ensemble)
         self.transform = SeriesTransform.load(Path(context.artifacts["transform"]))
         self.limits = spec["serving"]
         self.version = registered_version(spec.get("run_id"))
+        # Models logged before calendars were recorded have no frequency: they forecast without timestamps.
+        self.future = FutureInputs.from_dict(spec["calendar"]) if spec.get("calendar") else None
+        self.past = [c for c in self.transform.columns[1:] if not c.endswith(LEAD)]
+        self.known = list(self.future.known) if self.future else []
+        calibration = read_calibration(Path(context.artifacts["spec"]))
+        self.intervals = ConformalIntervals(calibration) if calibration and calibration["method"] == CONFORMAL else None
+        self.uncertainty = {"intervals": self.intervals.describe() if self.intervals else
+                            "none: this model was logged without a calibration (evaluate writes one)"}
 
-    def _history(self, row: dict[str, Any], index: int) -> np.ndarray:
-        columns = ["history", *self.transform.columns[1:]]
-        series = []
-        for column in columns:
-            value = row.get(column)
-            if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
-                raise _bad(f"record {index}: field {column!r} is required (a list of numbers)")
-            if not isinstance(value, (list, tuple, np.ndarray)):
-                raise _bad(f"record {index}: field {column!r} must be a list of numbers, got {type(value).__name__}")
-            if any(isinstance(v, (bool, str, bytes)) for v in value):  # numpy would turn true / "1.5" into numbers
-                raise _bad(f"record {index}: field {column!r} must be a list of numbers (no strings or booleans)")
-            try:
-                values = np.asarray(list(value), dtype=np.float64)
-            except (TypeError, ValueError):
-                raise _bad(f"record {index}: field {column!r} must be a list of numbers") from None
-            if values.ndim != 1:
-                raise _bad(f"record {index}: field {column!r} must be a flat list of numbers, not nested lists")
-            if not np.isfinite(values).all():
-                raise _bad(f"record {index}: field {column!r} contains NaN or infinite values")
-            series.append(values)
-        lengths = {len(s) for s in series}
+    def _load_predictor(self, context: Any) -> tuple[Any, dict[str, Any]]:
+        """What forecasts and the logged spec; a baseline or an ensemble (serving/baseline_pyfunc.py)
+        loads its own predictor behind the same request contract."""
+        return load_network(context)
+
+    def _values(self, row: dict[str, Any], index: int, column: str) -> np.ndarray:
+        value = row.get(column)
+        if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+            raise bad_input(f"record {index}: field {column!r} is required (a list of numbers)")
+        if not isinstance(value, (list, tuple, np.ndarray)):
+            raise bad_input(f"record {index}: field {column!r} must be a list of numbers, got {type(value).__name__}")
+        if any(isinstance(v, (bool, str, bytes)) for v in value):  # numpy would turn true / "1.5" into numbers
+            raise bad_input(f"record {index}: field {column!r} must be a list of numbers (no strings or booleans)")
+        try:
+            values = np.asarray(list(value), dtype=np.float64)
+        except (TypeError, ValueError):
+            raise bad_input(f"record {index}: field {column!r} must be a list of numbers") from None
+        if values.ndim != 1:
+            raise bad_input(f"record {index}: field {column!r} must be a flat list of numbers, not nested lists")
+        if not np.isfinite(values).all():
+            raise bad_input(f"record {index}: field {column!r} contains NaN or infinite values")
+        return values
+
+    def _history(self, row: dict[str, Any], index: int) -> dict[str, np.ndarray]:
+        """The history and every covariate's past values, by field, all of one length within the limits."""
+        series = {column: self._values(row, index, column) for column in ["history", *self.past, *self.known]}
+        lengths = {len(s) for s in series.values()}
         if len(lengths) != 1:
-            raise _bad(f"record {index}: history and covariate lists must have the same length, got {sorted(lengths)}")
+            raise bad_input(f"record {index}: history and covariate lists must have the same length, got {sorted(lengths)}")
         length = lengths.pop()
         if length < self.limits["min_history"]:
-            raise _bad(f"record {index}: history has {length} values; at least {self.limits['min_history']} are needed")
+            raise bad_input(f"record {index}: history has {length} values; at least {self.limits['min_history']} are needed")
         if length > self.limits["max_history"]:
-            raise _bad(f"record {index}: history has {length} values; at most {self.limits['max_history']} are accepted")
-        return np.stack(series, axis=1)
+            raise bad_input(f"record {index}: history has {length} values; at most {self.limits['max_history']} are accepted")
+        return series
+
+    def _future(self, row: dict[str, Any], index: int, horizon: int) -> dict[str, np.ndarray]:
+        """Each known covariate's values over the horizon, by covariate name: exactly `horizon` of them."""
+        future = {}
+        for name, field in zip(self.known, self.future.future_fields if self.future else []):
+            values = self._values(row, index, field)
+            if len(values) != horizon:
+                raise bad_input(f"record {index}: field {field!r} has {len(values)} values; the horizon needs {horizon} "
+                           f"(the future values of known covariate {name!r}, one per step)")
+            future[name] = values
+        return future
+
+    def _last_timestamp(self, row: dict[str, Any], index: int) -> pd.Timestamp | None:
+        """The history's last timestamp (UTC when it has an offset), on the task's calendar; None if absent."""
+        value = row.get("last_timestamp")
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            if self.future is not None and self.future.cycles:
+                raise bad_input(f"record {index}: field 'last_timestamp' is required: this model reads calendar features "
+                           "(send the history's last timestamp, e.g. \"2024-06-01T00:00:00\")")
+            return None
+        if self.future is None:
+            raise bad_input(f"record {index}: field 'last_timestamp' is not supported by this model (logged without a "
+                       "calendar frequency)")
+        stamp = to_utc_naive(pd.Series([value if isinstance(value, str) else None])).iloc[0]
+        if pd.isna(stamp):
+            raise bad_input(f"record {index}: field 'last_timestamp' must be an ISO 8601 timestamp string, got {value!r}")
+        if self.future.history_stamps(stamp, 1)[-1] != stamp:
+            raise bad_input(f"record {index}: field 'last_timestamp' {value!r} is not on the model's calendar "
+                       f"(frequency {self.future.freq!r})")
+        return stamp
 
     def _horizon(self, params: dict[str, Any] | None) -> int:
         horizon = (params or {}).get("horizon", self.limits["default_horizon"])
         if isinstance(horizon, float) and horizon.is_integer():
             horizon = int(horizon)
         if not isinstance(horizon, (int, np.integer)) or isinstance(horizon, bool):
-            raise _bad(f"params.horizon must be an integer, got {horizon!r}")
+            raise bad_input(f"params.horizon must be an integer, got {horizon!r}")
         if not 1 <= horizon <= self.limits["max_horizon"]:
-            raise _bad(f"params.horizon must be between 1 and {self.limits['max_horizon']}, got {horizon}")
+            raise bad_input(f"params.horizon must be between 1 and {self.limits['max_horizon']}, got {horizon}")
         return int(horizon)
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def _levels(self, params: dict[str, Any] | None) -> list[float]:
+        """The requested coverage levels (serving.levels when none are sent). A model without a calibration
+        (only between train and evaluate: every registered one has it) validates them and draws none."""
+        try:
+            levels = parse_levels((params or {}).get("level", self.limits.get("levels", DEFAULT_LEVELS)))
+        except LevelError as e:
+            raise bad_input(str(e)) from None
+        return levels if self.intervals else []
+
+    def _inputs(self, history: dict[str, np.ndarray], future: dict[str, np.ndarray], last: pd.Timestamp | None,
+                horizon: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Network-space inputs: the history [T', F] and, for a model that reads inputs known ahead, the steps
+        after it [H - 1, F]. Covariates known only up to the origin are held at their last network-space value;
+        the lead columns of the steps after the history come from `future` and the calendar."""
+        raw = np.stack([history[c] for c in ["history", *self.past]], axis=1)  # [T, 1 + P]
+        length = len(raw)
+        if self.future is None or not self.future.columns:
+            return self.transform.to_inputs(raw), None  # [T', F]
+        held = np.repeat(raw[-1:], horizon - 1, axis=0)  # [H - 1, 1 + P]
+        lead = self.future.request_lead(last, {k: history[k] for k in self.known}, future, length, horizon)  # [T + H - 1, L]
+        z = self.transform.to_inputs(np.concatenate([np.concatenate([raw, held]), lead], axis=1))  # [T' + H - 1, F]
+        split = length - self.transform.lost_steps
+        past, ahead = z[:split], z[split:].copy()  # [T', F], [H - 1, F]
+        ahead[:, 1:1 + len(self.past)] = past[-1, 1:1 + len(self.past)]
+        return past, ahead
+
+    def _forecast(self, history: dict[str, np.ndarray], future: dict[str, np.ndarray], last: pd.Timestamp | None,
+                  horizon: int) -> np.ndarray:
+        """Raw-unit forecast [H] of one record by the network's own forecast: what an ensemble calls on its
+        members, and what a network the batched stepper cannot run (models/inference.py) falls back to."""
+        past, ahead = self._inputs(history, future, last, horizon)
+        with torch.no_grad():
+            predicted = self.network.forecast(torch.from_numpy(past).unsqueeze(0), horizon,
+                                              None if ahead is None else torch.from_numpy(ahead).unsqueeze(0))  # [1, H, 1]
+        return self.transform.to_target(predicted[0, :, 0].numpy(), float(history["history"][-1]))
+
+    def _forecast_rows(self, rows: list[ForecastRow], deadline: float | None) -> list[np.ndarray]:
+        """Raw-unit forecasts [h_i] of many records: stepped together, one forward per horizon step
+        (models/inference.py), or record by record through `_forecast` for a predictor that is not one steppable
+        network (a baseline, an ensemble). Past `deadline` (time.monotonic()) the work stops: DeadlineExceeded."""
+        if self.stepper is None:
+            forecasts = []
+            for row in rows:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DeadlineExceeded("the forecast ran past its deadline and was abandoned")
+                forecasts.append(self._forecast(row.history, row.future, row.last, row.horizon))
+            return forecasts
+        inputs = [self._inputs(r.history, r.future, r.last, r.horizon) for r in rows]
+        predicted = self.stepper.forecast([torch.from_numpy(past) for past, _ in inputs], [r.horizon for r in rows],
+                                          [None if ahead is None else torch.from_numpy(ahead) for _, ahead in inputs],
+                                          deadline)  # [h_i] per row
+        return [self.transform.to_target(p.numpy(), float(r.history["history"][-1])) for p, r in zip(predicted, rows)]
+
+    def prepare(self, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Prepared:
+        """Validate a request whole (every record, its params) into rows ready to forecast beside others."""
         if not isinstance(model_input, pd.DataFrame) or "history" not in model_input.columns:
-            raise _bad("each record needs a 'history' field: a list of numbers, oldest first")
+            raise bad_input("each record needs a 'history' field: a list of numbers, oldest first")
         if model_input.empty:
-            raise _bad("no records to forecast")
-        horizon = self._horizon(params)
-        results = []
+            raise bad_input("no records to forecast")
+        horizon, levels = self._horizon(params), self._levels(params)
+        rows = []
         for index, row in enumerate(model_input.to_dict("records")):
-            values = self._history(row, index)
-            inputs = torch.from_numpy(self.transform.to_inputs(values)).unsqueeze(0)  # [1, T, F]
-            with torch.no_grad():
-                predicted = self.network.forecast(inputs, horizon)  # [1, H, 1]
-            forecast = self.transform.to_target(predicted[0, :, 0].numpy(), float(values[-1, 0]))
-            results.append({
-                "series_id": _series_id(row.get("series_id"), index),
-                "forecast": [float(v) for v in forecast],
-                "model_version": self.version,
-            })
-        return pd.DataFrame(results)
+            history = self._history(row, index)
+            future, last = self._future(row, index, horizon), self._last_timestamp(row, index)
+            rows.append(ForecastRow(_series_id(row.get("series_id"), index), history, future, last, horizon, levels))
+        return Prepared(rows, sum(len(r.history["history"]) + horizon for r in rows))
+
+    def predict_prepared(self, requests: list[Prepared], deadline: float | None = None) -> list[list[dict[str, Any]]]:
+        """The records of every request, forecast together; each request's predictions, in order."""
+        forecasts = iter(self._forecast_rows([row for r in requests for row in r.rows], deadline))
+        return [[self._result(row, next(forecasts)) for row in r.rows] for r in requests]
+
+    def _result(self, row: ForecastRow, forecast: np.ndarray) -> dict[str, Any]:
+        result = {"series_id": row.series_id, "forecast": [float(v) for v in forecast], "model_version": self.version}
+        if row.levels:
+            result["intervals"] = self.intervals.bounds(forecast, row.history["history"], row.levels)
+        if row.last is not None:
+            result["timestamps"] = [t.isoformat() for t in self.future.horizon_stamps(row.last, row.horizon)]
+        return result
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        return pd.DataFrame(self.predict_prepared([self.prepare(model_input, params)])[0])
 
 
 def _series_id(value: Any, index: int) -> str:
@@ -141,74 +297,28 @@ def _series_id(value: Any, index: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "main"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, int, np.integer)):
-        raise _bad(f"record {index}: field 'series_id' must be a string, got {type(value).__name__}")
+        raise bad_input(f"record {index}: field 'series_id' must be a string, got {type(value).__name__}")
     return str(value)
 
 
-def forecast_signature(covariates: list[str], default_horizon: int) -> ModelSignature:
+def forecast_signature(covariates: list[str], default_horizon: int, future: FutureInputs | None = None,
+                       levels: list[float] | None = None) -> ModelSignature:
+    """The forecast contract: history and covariates; with a calendar, `last_timestamp` in and `timestamps`
+    out; with known covariates, their past lists and `future_<name>` lists; `params.level` (a list, default
+    `levels`) in and `intervals` {level: {lower, upper}} out."""
     inputs = [ColSpec(DataType.string, "series_id", required=False), ColSpec(Array(DataType.double), "history")]
     inputs += [ColSpec(Array(DataType.double), c) for c in covariates]
     outputs = [ColSpec(DataType.string, "series_id"), ColSpec(Array(DataType.double), "forecast"),
-               ColSpec(DataType.string, "model_version", required=False)]
+               ColSpec(DataType.string, "model_version", required=False),
+               ColSpec(Map(Map(Array(DataType.double))), "intervals", required=False)]
+    if future is not None:
+        inputs += [ColSpec(Array(DataType.double), c) for c in [*future.known, *future.future_fields]]
+        inputs.append(ColSpec(DataType.string, "last_timestamp", required=bool(future.cycles)))
+        outputs.append(ColSpec(Array(DataType.string), "timestamps", required=False))
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs),
-                          params=ParamSchema([ParamSpec("horizon", DataType.long, default_horizon)]))
-
-
-class SentimentModel(mlflow.pyfunc.PythonModel):
-    """Rows of {text} -> {label, score, scores: {label: probability}, model_version}.
-
-    A text longer than serving.max_text_length characters is rejected with a 400, or scored on its
-    first max_text_length characters, as serving.over_length says; tokens past prepare.max_length
-    are always truncated (the network never saw longer sequences).
-    """
-
-    def load_context(self, context: Any) -> None:
-        torch.set_num_threads(1)
-        self.network, spec = _load_network(context)
-        self.vocabulary = Vocabulary.load(Path(context.artifacts["vocabulary"]))
-        self.labels, self.max_length = spec["labels"], spec["max_length"]
-        self.limits = spec["serving"]
-        self.version = registered_version(spec.get("run_id"))
-
-    def _texts(self, model_input: Any) -> list[str]:
-        if not isinstance(model_input, pd.DataFrame) or "text" not in model_input.columns:
-            raise _bad("each record needs a 'text' field (a non-empty string)")
-        if model_input.empty:
-            raise _bad("no records to score")
-        if len(model_input) > self.limits["max_records"]:
-            raise _bad(f"{len(model_input)} records in one request; at most {self.limits['max_records']} are accepted")
-        limit, texts = self.limits["max_text_length"], []
-        for index, text in enumerate(model_input["text"].tolist()):
-            if text is None or (isinstance(text, float) and math.isnan(text)):
-                raise _bad(f"record {index}: field 'text' is required (a non-empty string)")
-            if not isinstance(text, str):
-                raise _bad(f"record {index}: field 'text' must be a string, got {type(text).__name__}")
-            if not text.strip():
-                raise _bad(f"record {index}: field 'text' is empty")
-            if len(text) > limit:
-                if self.limits["over_length"] == "reject":
-                    raise _bad(f"record {index}: field 'text' has {len(text)} characters; at most {limit} are accepted")
-                text = text[:limit]
-            texts.append(text)
-        return texts
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        texts = self._texts(model_input)
-        ids, lengths = self.vocabulary.encode_batch(texts, self.max_length)
-        probabilities = self.network.predict_proba(torch.from_numpy(ids), torch.from_numpy(lengths)).numpy()  # [B, C]
-        rows = []
-        for p in probabilities:
-            best = int(np.argmax(p))
-            rows.append({"label": self.labels[best], "score": float(p[best]),
-                         "scores": {label: float(v) for label, v in zip(self.labels, p)},
-                         "model_version": self.version})
-        return pd.DataFrame(rows)
-
-
-def sentiment_signature() -> ModelSignature:
-    outputs = [ColSpec(DataType.string, "label"), ColSpec(DataType.double, "score"),
-               ColSpec(Map(DataType.double), "scores"), ColSpec(DataType.string, "model_version", required=False)]
-    return ModelSignature(inputs=Schema([ColSpec(DataType.string, "text")]), outputs=Schema(outputs))
+                          params=ParamSchema([ParamSpec("horizon", DataType.long, default_horizon),
+                                              ParamSpec("level", DataType.double,
+                                                        [float(v) for v in levels or DEFAULT_LEVELS], shape=(-1,))]))
 
 
 def log_pyfunc(directory: Path, python_model: mlflow.pyfunc.PythonModel, network: SequenceModel,

@@ -82,13 +82,22 @@ def decode_json(body: bytes) -> Any:
     except orjson.JSONDecodeError:
         pass  # orjson refuses NaN/Infinity and integers over 64 bits; the standard parser takes them
     try:
-        return json.loads(body)
+        return json.loads(body, parse_int=_integer)
     except UnicodeDecodeError:
         raise InputError("the request body is not UTF-8 encoded JSON") from None
     except json.JSONDecodeError as e:
         raise InputError(f"the request body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
     except RecursionError:
         raise InputError("the request body is not acceptable JSON: it is nested too deeply") from None
+    except ValueError as e:  # anything else the parser refuses is still the body's fault, never a 500
+        raise InputError(f"the request body is not acceptable JSON: {e}") from None
+
+
+def _integer(text: str) -> int | float:
+    """An integer literal past 64 bits as the float JSON says it is: Python's int() refuses literals over 4,300
+    digits (a 500 before this) and numpy cannot hold one anyway; the model then names the field (an infinite
+    history value, a horizon out of range)."""
+    return int(text) if len(text) <= 18 else float(text)
 
 
 def _check_fields(where: str, names: Any, inputs: ModelInputs) -> None:
@@ -226,10 +235,40 @@ def serialize(predictions: Any) -> bytes:
 Predict = Callable[[pd.DataFrame, "dict[str, Any] | None"], Any]
 
 
-def invoke(predict: Predict, inputs: ModelInputs, body: bytes) -> tuple[int, bytes]:
+def check_records(records: int, limit: int) -> None:
+    """A 400 naming serving.max_records when one request carries more records than that."""
+    if records > limit:
+        raise InputError(f"the request has {records} records; at most {limit} are accepted in one request "
+                         "(serving.max_records): split it")
+
+
+def check_steps(steps: int, records: int, limit: int) -> None:
+    """A 400 naming serving.max_request_steps when scoring the request would cost more recurrent steps than that."""
+    if steps > limit:
+        raise InputError(f"the request costs {steps} recurrent steps over its {records} records (records x (history "
+                         f"+ horizon)); at most {limit} are accepted (serving.max_request_steps): send fewer records, "
+                         "shorter histories or a shorter horizon")
+
+
+def prepare(scorer: Any, inputs: ModelInputs, body: bytes, max_records: int, max_steps: int) -> Any:
+    """Decode and validate one JSON request whole for a model that scores prepared requests together
+    (pipelines/serving/batching.py): its Prepared, or an InputError (400) naming the field or the limit."""
+    frame, params = to_frame(decode_json(body), inputs)
+    check_records(len(frame), max_records)
+    try:
+        prepared = scorer.prepare(frame, params)
+    except MlflowException as e:
+        raise InputError(e.message, e.get_http_status_code(), e.error_code) from None
+    check_steps(prepared.steps, prepared.records, max_steps)
+    return prepared
+
+
+def invoke(predict: Predict, inputs: ModelInputs, body: bytes, max_records: int | None = None) -> tuple[int, bytes]:
     """One JSON request, end to end: (HTTP status, response body). Never raises."""
     try:
         frame, params = to_frame(decode_json(body), inputs)
+        if max_records is not None:
+            check_records(len(frame), max_records)
         return 200, serialize(predict(frame, params))
     except InputError as e:
         return e.status, error_body(e.message, e.error_code)

@@ -5,8 +5,9 @@ every series' train+validation sequence with the loss masked to the validation s
 network warms its state on the past exactly as it will at serving time.
 Series, encoder_decoder: (context window, following horizon) pairs; validation pairs are those
 whose horizon starts inside the validation segment.
-Text, many_to_one: token ids right-padded to the batch's longest text, with lengths, so the model
-packs them and reads each text's last real step.
+Text, many_to_one: token ids (subwords or words, whichever encoder prepare fitted) right-padded to
+the batch's longest text, with lengths, so the model packs them and reads each text's last real step.
+The language model's token streams are pipelines/train/pretrain.py's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipelines.prepare.features import SeriesTransform, Vocabulary, horizon_windows, training_windows
+from pipelines.prepare.features import SeriesTransform, horizon_windows, training_windows
+from pipelines.prepare.text import encoder_path, load_encoder
 
 
 class _Dicts(Dataset):
@@ -108,13 +110,13 @@ class TextDataModule(pl.LightningDataModule):
         self.max_length, self.batch_size = max_length, batch_size
 
     def setup(self, stage: str | None = None) -> None:
-        self.vocabulary = Vocabulary.load(self.prepared / "vocabulary.json")
+        self.encoder = load_encoder(encoder_path(self.prepared))
         texts = pd.read_parquet(self.prepared / "texts.parquet")
         index = {label: i for i, label in enumerate(self.labels)}
         self.sets = {}
         for split in ("train", "validation"):
             part = texts[texts["split"] == split]
-            ids, lengths = self.vocabulary.encode_batch(part["text"].tolist(), self.max_length)
+            ids, lengths = self.encoder.encode_batch(part["text"].tolist(), self.max_length)
             self.sets[split] = _Dicts(x=ids, lengths=lengths, y=part["label"].map(index).to_numpy(np.int64))
 
     @staticmethod

@@ -1,9 +1,12 @@
-"""Plots logged as MLflow artifacts: loss curves, gradient health, forecast vs actual, confusion matrix.
+"""Plots logged as MLflow artifacts: loss curves, gradient health, forecast vs actual (with its prediction
+intervals shaded), confusion matrix, reliability diagram.
 
 matplotlib's Agg backend: stages run headless, in DVC subprocesses and Prefect workers.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import matplotlib
 
@@ -12,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 
@@ -74,23 +78,52 @@ def log_gradient_health(run_id: str, history: list[dict], clip_norm: float | Non
     _log_figure(figure, "plots/gradient_health.png", run_id)
 
 
-def log_forecast_plot(run_id: str, context: np.ndarray, actual: np.ndarray, forecasts: list[tuple[int, np.ndarray]],
-                      baseline: list[tuple[int, np.ndarray]], title: str) -> None:
-    """The holdout actuals with each rolling-origin forecast and the seasonal-naive baseline."""
-    figure, axis = plt.subplots(figsize=(10, 4))
+def _time_axis(timestamps: pd.DatetimeIndex, length: int, freq: str | None = None) -> pd.DatetimeIndex:
+    """`length` points of the series' own time axis, continued on its calendar (`freq`, else its
+    last step) where a forecast runs past the data (a holdout shorter than the horizon)."""
+    if length <= len(timestamps):
+        return timestamps[:length]
+    extra = pd.date_range(timestamps[-1], periods=length - len(timestamps) + 1,
+                          freq=freq or timestamps[-1] - timestamps[-2])[1:]
+    return timestamps.append(extra)
+
+
+def forecast_figure(timestamps: pd.DatetimeIndex, context: np.ndarray, actual: np.ndarray,
+                    forecasts: list[tuple[int, np.ndarray]], baseline: list[tuple[int, np.ndarray]],
+                    title: str, freq: str | None = None, intervals: list[dict] | None = None) -> plt.Figure:
+    """The holdout actuals with each rolling-origin forecast and the seasonal-naive baseline, on the
+    series' real dates: `timestamps` cover context then actual; origins count from the first actual.
+    `intervals` (one {level: {lower, upper}} per forecast) are shaded, the higher levels lighter."""
     start = len(context)
-    axis.plot(range(start), context, color="grey", label="history")
-    axis.plot(range(start, start + len(actual)), actual, color="black", label="actual (holdout)")
+    longest = max(origin + len(values) for origin, values in [*forecasts, *baseline, (0, actual)])
+    times = _time_axis(pd.DatetimeIndex(timestamps), start + longest, freq)
+    figure, axis = plt.subplots(figsize=(10, 4))
+    axis.plot(times[:start], context, color="grey", label="history")
+    axis.plot(times[start:start + len(actual)], actual, color="black", label="actual (holdout)")
     for i, (origin, values) in enumerate(forecasts):
-        axis.plot(range(start + origin, start + origin + len(values)), values, color="tab:blue",
+        axis.plot(times[start + origin:start + origin + len(values)], values, color="tab:blue",
                   alpha=0.8, label="forecast" if i == 0 else None)
+    for i, ((origin, values), bands) in enumerate(zip(forecasts, intervals or [])):
+        for j, key in enumerate(sorted(bands, key=float, reverse=True)):
+            axis.fill_between(times[start + origin:start + origin + len(values)], bands[key]["lower"],
+                              bands[key]["upper"], color="tab:blue", alpha=0.08 + 0.08 * j, linewidth=0,
+                              label=f"{key} % interval" if i == 0 else None)
     for i, (origin, values) in enumerate(baseline):
-        axis.plot(range(start + origin, start + origin + len(values)), values, color="tab:orange",
+        axis.plot(times[start + origin:start + origin + len(values)], values, color="tab:orange",
                   alpha=0.5, linestyle="--", label="seasonal naive" if i == 0 else None)
-    axis.set_xlim(max(0, start - 3 * len(actual)), start + len(actual))
+    axis.set_xlim(times[max(0, start - 3 * len(actual))], times[-1])
     axis.set_title(title)
     axis.legend()
-    _log_figure(figure, "plots/forecast_vs_actual.png", run_id)
+    figure.autofmt_xdate()
+    return figure
+
+
+def log_forecast_plot(run_id: str, timestamps: pd.DatetimeIndex, context: np.ndarray, actual: np.ndarray,
+                      forecasts: list[tuple[int, np.ndarray]], baseline: list[tuple[int, np.ndarray]],
+                      title: str, freq: str | None = None, intervals: list[dict] | None = None) -> None:
+    """`forecast_figure`, logged to run `run_id` as plots/forecast_vs_actual.png."""
+    _log_figure(forecast_figure(timestamps, context, actual, forecasts, baseline, title, freq, intervals),
+                "plots/forecast_vs_actual.png", run_id)
 
 
 def log_confusion_matrix(run_id: str, matrix: list[list[int]], labels: list[str], title: str) -> None:
@@ -109,3 +142,20 @@ def log_confusion_matrix(run_id: str, matrix: list[list[int]], labels: list[str]
     figure.colorbar(image, ax=axis)
     axis.set_title(title, fontsize=9)
     _log_figure(figure, "plots/confusion_matrix.png", run_id)
+
+
+def log_reliability_diagram(run_id: str, before: Any, after: Any, title: str) -> None:
+    """Accuracy against confidence per bin (pipelines.evaluate.calibration.Reliability), before and after
+    calibration, with the diagonal a calibrated model follows and the share of texts per bin below."""
+    figure, (curve, share) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, height_ratios=[3, 1])
+    curve.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="calibrated")
+    for name, table, colour in (("uncalibrated", before, "tab:orange"), ("temperature scaled", after, "tab:blue")):
+        filled = table.counts > 0
+        curve.plot(table.confidence[filled], table.accuracy[filled], marker="o", color=colour, label=name)
+        share.plot(table.confidence[filled], table.counts[filled] / table.counts.sum(), marker=".", color=colour)
+    curve.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    curve.legend(fontsize=8)
+    curve.set_title(title, fontsize=9)
+    share.set(xlabel="confidence (top label's probability)", ylabel="share")
+    figure.tight_layout()
+    _log_figure(figure, "plots/reliability_diagram.png", run_id)

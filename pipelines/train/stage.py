@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import pandas as pd
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.loggers import MLFlowLogger
 
 from models import GradientHealth, ModelConfig, SequenceModel
-from pipelines.config import Params, TextTask, TimeSeriesTask, Variant
+from pipelines import console
+from pipelines.config import Params, Variant
 from pipelines.data.versioning import data_version
 from pipelines.project import prepared_dir, tracking_uri, train_record
 from pipelines.runner import run_stage_main
-from pipelines.serving.pyfunc import ForecastModel, SentimentModel, forecast_signature, log_pyfunc, sentiment_signature
-from pipelines.train.datamodules import SeriesDataModule, TextDataModule
+from pipelines.tasks import TaskKind, TaskSpec, kind_for
+from pipelines.tasks.settings import derived_settings, task_spec
 from pipelines.train.plots import log_gradient_health, log_loss_curves
 from pipelines.train.tracking import child_run, parent_run
 
@@ -38,47 +40,74 @@ class RunLogger(MLFlowLogger):
 
 
 class EpochProgress(pl.Callback):
-    """One line per epoch: long runs show progress without a progress bar's log noise."""
+    """Epochs and losses of variant `label` ("task/variant") for `seqops run`'s progress line.
+
+    Reported through pipelines.console, not stdout: the variant may train in a Dask worker whose
+    stdout is not the console. Outside a run, one line per epoch.
+    """
 
     def __init__(self, label: str) -> None:
         self.label = label
+        self.started = time.monotonic()
+
+    @staticmethod
+    def _losses(trainer: pl.Trainer) -> dict[str, float]:
+        return {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss", "val_loss")}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.monotonic()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train_loss", "val_loss")}
-        shown = " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
-        print(f"  {self.label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs} {shown}", flush=True)
+        console.training_progress(self.label, trainer.current_epoch + 1, trainer.max_epochs, self._losses(trainer))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        console.training_progress(self.label, trainer.current_epoch, trainer.max_epochs, self._losses(trainer),
+                                  seconds=time.monotonic() - self.started)
 
 
-def model_config(variant: Variant, spec: TimeSeriesTask | TextTask, params: Params,
-                 input_size: int, vocab_size: int | None = None) -> dict[str, Any]:
-    """The full model configuration of a variant: variant keys over task and global defaults."""
-    topology = variant.topology or spec.topology
-    tbptt = topology == "many_to_many"
-    text = isinstance(spec, TextTask)
-    return {
-        "cell": variant.cell,
-        "input_size": input_size,
-        "hidden_size": variant.hidden_size,
-        "num_layers": variant.num_layers,
-        "bidirectional": variant.bidirectional,
-        "dropout": variant.dropout,
-        "topology": topology,
-        "head": "multiclass" if text else "regression",
-        "output_size": len(spec.labels) if text else 1,
-        "k1": variant.k1 if tbptt else None,
-        "k2": (variant.k2 or variant.k1) if tbptt else None,
-        "clip_algorithm": params.clipping.algorithm,
-        "clip_value": variant.clip or params.clipping.max_norm,
-        "lr": variant.lr,
-        "teacher_forcing": variant.teacher_forcing,
-        "target_index": 0,
-        "vocab_size": vocab_size,
-        "embedding_dim": variant.embedding_dim if text else None,
-    }
+class RestoreBestEpoch(pl.Callback):
+    """Keep the weights of the epoch with the lowest val_loss and load them when training ends.
+
+    Lightning's EarlyStopping stops but keeps the last epoch's weights, and ModelCheckpoint would
+    write every improvement to disk; a copy in memory is enough for these small networks.
+    """
+
+    def __init__(self) -> None:
+        self.best_loss, self.best_epoch, self.best_state = float("inf"), -1, None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loss = float(trainer.callback_metrics.get("val_loss", float("nan")))
+        if loss < self.best_loss:  # NaN never improves
+            self.best_loss, self.best_epoch = loss, trainer.current_epoch
+            self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.best_state is not None:
+            pl_module.load_state_dict(self.best_state)
 
 
-def trainer_for(params: Params, spec: TimeSeriesTask | TextTask, run_id: str, root: Path, label: str,
-                health: GradientHealth) -> pl.Trainer:
+class CosineLearningRate(pl.Callback):
+    """Cosine annealing of every optimizer's learning rate over max_epochs, down to 1/100 of it.
+
+    torch's scheduler, stepped once per epoch here: with manual optimization (TBPTT) Lightning does
+    not step schedulers itself.
+    """
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(1, trainer.max_epochs), eta_min=opt.param_groups[0]["lr"] / 100)
+            for opt in trainer.optimizers]
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for scheduler in self.schedulers:
+            scheduler.step()
+
+
+def trainer_for(params: Params, spec: TaskSpec, run_id: str, root: Path, label: str,
+                health: GradientHealth, best: RestoreBestEpoch) -> pl.Trainer:
+    """The Trainer of one variant: early stopping on val_loss (the best epoch restored by `best`) and
+    the task's learning-rate schedule."""
+    schedule = [CosineLearningRate()] if spec.training.lr_schedule == "cosine" else []
     return pl.Trainer(
         max_epochs=spec.training.max_epochs,
         accelerator=params.training.accelerator,
@@ -87,7 +116,8 @@ def trainer_for(params: Params, spec: TimeSeriesTask | TextTask, run_id: str, ro
         strategy=params.training.strategy,
         precision=params.training.precision,
         logger=RunLogger(run_id=run_id, tracking_uri=tracking_uri(root)),
-        callbacks=[EpochProgress(label), health],
+        callbacks=[EpochProgress(label), health, best, *schedule,
+                   EarlyStopping(monitor="val_loss", patience=spec.training.patience, check_finite=False)],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -97,100 +127,62 @@ def trainer_for(params: Params, spec: TimeSeriesTask | TextTask, run_id: str, ro
     )
 
 
-class _SeriesAdapter:
-    """What a time-series task adds around training: datamodules per topology, the forecast pyfunc."""
+def train_variant(root: Path, task: str, params: Params, variant: Variant, kind: TaskKind,
+                  workdir: Path) -> dict[str, Any]:
+    """Train one variant as a child run of the active parent run and log its pyfunc.
 
-    def __init__(self, root: Path, task: str, spec: TimeSeriesTask) -> None:
-        self.root, self.task, self.spec = root, task, spec
-        self.datamodules: dict[str, SeriesDataModule] = {}
-
-    def datamodule(self, variant: Variant) -> SeriesDataModule:
-        topology = variant.topology or self.spec.topology
-        if topology not in self.datamodules:
-            dm = SeriesDataModule(prepared_dir(self.root, self.task), topology, self.spec.prepare.window,
-                                  self.spec.prepare.stride, self.spec.training.batch_size, self.spec.evaluate.horizon)
-            dm.setup("fit")
-            self.datamodules[topology] = dm
-        return self.datamodules[topology]
-
-    def config(self, variant: Variant, params: Params) -> dict[str, Any]:
-        return model_config(variant, self.spec, params, self.datamodule(variant).transform.num_features)
-
-    def log_model(self, directory: Path, network: SequenceModel, config: dict[str, Any]) -> str:
-        spec, prepared = self.spec, prepared_dir(self.root, self.task)
-        series = pd.read_parquet(prepared / "series.parquet")
-        first = series[series["series_id"] == series["series_id"].iloc[0]]
-        length = spec.serving.min_history * 2
-        example = pd.DataFrame({"series_id": [str(first["series_id"].iloc[0])],
-                                "history": [first[spec.target].to_numpy()[:length].tolist()]})
-        for column in spec.covariates:
-            example[column] = [first[column].to_numpy()[:length].tolist()]
-        return log_pyfunc(directory, ForecastModel(), network, {"model": config, "serving": spec.serving.model_dump()},
-                          {"transform": prepared / "transform.json"},
-                          forecast_signature(list(spec.covariates), spec.serving.default_horizon), example)
-
-
-class _TextAdapter:
-    """What a text task adds around training: the token datamodule, the sentiment pyfunc."""
-
-    def __init__(self, root: Path, task: str, spec: TextTask) -> None:
-        self.root, self.task, self.spec = root, task, spec
-        self.dm = TextDataModule(prepared_dir(root, task), list(spec.labels), spec.prepare.max_length,
-                                 spec.training.batch_size)
-        self.dm.setup("fit")
-
-    def datamodule(self, variant: Variant) -> TextDataModule:
-        return self.dm
-
-    def config(self, variant: Variant, params: Params) -> dict[str, Any]:
-        return model_config(variant, self.spec, params, 1, vocab_size=len(self.dm.vocabulary))
-
-    def log_model(self, directory: Path, network: SequenceModel, config: dict[str, Any]) -> str:
-        spec = self.spec
-        payload = {"model": config, "serving": spec.serving.model_dump(), "labels": list(spec.labels),
-                   "max_length": spec.prepare.max_length}
-        example = pd.DataFrame({"text": ["what a lovely day", "this is awful"]})
-        return log_pyfunc(directory, SentimentModel(), network, payload,
-                          {"vocabulary": prepared_dir(self.root, self.task) / "vocabulary.json"},
-                          sentiment_signature(), example)
-
-
-def adapter_for(root: Path, task: str, spec: TimeSeriesTask | TextTask) -> _SeriesAdapter | _TextAdapter:
-    return _TextAdapter(root, task, spec) if isinstance(spec, TextTask) else _SeriesAdapter(root, task, spec)
-
-
-def train_variant(root: Path, task: str, params: Params, variant: Variant,
-                  adapter: _SeriesAdapter | _TextAdapter, workdir: Path) -> dict[str, Any]:
-    spec = params.task(task)
-    config = adapter.config(variant, params)
+    `kind` is the task's kind object (`kind_for(spec)`), shared by the variants of a retrain so they
+    share its datamodules; `workdir` stages the pyfunc's files.
+    """
+    spec = task_spec(root, task, params)
+    prepared = prepared_dir(root, task)
+    datamodule = kind.datamodule(prepared, variant)
+    config = kind.model_config(variant, params, datamodule)
     with child_run(variant.name, task, data_version(root)) as run_id:
         mlflow.log_params({**config, "variant": variant.name, "max_epochs": spec.training.max_epochs,
                            "batch_size": spec.training.batch_size, "precision": params.training.precision,
                            "seed": params.training.seed})
+        mlflow.log_params({f"derived.{key}": value for key, value in derived_settings(root, task).items()})
         pl.seed_everything(params.training.seed, workers=True, verbose=False)
         network = SequenceModel(ModelConfig(**config))
+        mlflow.log_param("warm_started_tensors", len(kind.warm_start(root, task, network, variant)))
         health = GradientHealth(probe_every_n_steps=params.diagnostics.probe_every_n_steps,
                                 vanishing_threshold=params.diagnostics.vanishing_threshold)
-        trainer = trainer_for(params, spec, run_id, root, f"{task}/{variant.name}", health)
-        trainer.fit(network, datamodule=adapter.datamodule(variant))
-        val_loss = float(trainer.callback_metrics["val_loss"])
+        best = RestoreBestEpoch()
+        trainer = trainer_for(params, spec, run_id, root, f"{task}/{variant.name}", health, best)
+        trainer.fit(network, datamodule=datamodule)
+        val_loss = best.best_loss if best.best_state is not None else float(trainer.callback_metrics["val_loss"])
+        mlflow.log_metrics({"best_epoch": best.best_epoch, "best_val_loss": val_loss,
+                            "epochs_trained": trainer.current_epoch})
         mlflow.log_metric("clipped_fraction", health.clipped_fraction)
         log_loss_curves(run_id)
         log_gradient_health(run_id, health.history, config["clip_value"] if config["clip_algorithm"] == "norm" else None)
-        model_uri = adapter.log_model(workdir / variant.name, network.cpu(), config)
+        model_uri = kind.log_model(prepared, workdir / variant.name, network.cpu(), config)
     return {"variant": variant.name, "run_id": run_id, "model_uri": model_uri, "val_loss": val_loss}
 
 
-def train_task(root: Path, task: str, params: Params) -> Path:
-    spec = params.task(task)
+def pretrain_task(root: Path, task: str, params: Params, kind: TaskKind) -> None:
+    """What every variant starts from (the kind's `pretrain`: text tasks' language models), trained once
+    inside the active parent run before the variants, whichever runner then trains them."""
     torch.set_num_threads(params.training.num_threads)
-    adapter = adapter_for(root, task, spec)
+    started = time.monotonic()
+    summary = kind.pretrain(root, task, params)
+    if summary is not None:
+        print(f"train@{task}: pretrained {len(summary['models'])} language model(s) on {summary['texts']} texts "
+              f"({summary['tokens']} tokens) in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def train_task(root: Path, task: str, params: Params) -> Path:
+    spec = task_spec(root, task, params)
+    torch.set_num_threads(params.training.num_threads)
+    kind = kind_for(spec)
     results = []
     with parent_run(task, root, data_version(root)) as parent_id, tempfile.TemporaryDirectory() as tmp:
+        pretrain_task(root, task, params, kind)
         for variant in spec.variants:
             print(f"train@{task}: variant {variant.name} ({variant.cell}, hidden {variant.hidden_size}, "
                   f"layers {variant.num_layers}, {variant.topology or spec.topology})", flush=True)
-            results.append(train_variant(root, task, params, variant, adapter, Path(tmp)))
+            results.append(train_variant(root, task, params, variant, kind, Path(tmp)))
     return write_record(root, task, parent_id, results)
 
 

@@ -71,7 +71,7 @@ def test_several_series_with_a_covariate_train_evaluate_and_forecast(stores_proj
     train_task(root, "stores", params)
     evaluate_task(root, "stores", params)
     metrics = json.loads(metrics_file(root, "stores").read_text())
-    assert set(metrics["variants"]) == {"lstm", "seq2seq"}
+    assert set(metrics["variants"]) == {"lstm", "seq2seq", "ensemble"}
     for scores in metrics["variants"].values():
         assert np.isfinite(scores["mae"]) and np.isfinite(scores["baseline_mae"])
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pipelines.registry import CANDIDATE_TYPE_TAG
 from pipelines.serving.process import ScoringServer
 from tests.conftest import TINY_FORECAST, TINY_SENTIMENT, make_project
 
@@ -61,8 +62,11 @@ def test_mlflow_run_records_params_epoch_losses_holdout_metrics_and_plots(traine
     runs = client.search_runs([experiment.experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     parents = [r for r in runs if not r.data.tags.get("mlflow.parentRunId")]
-    assert len(parents) == 1 and len(children) == 1
-    child = children[0]
+    variants = [r for r in children if CANDIDATE_TYPE_TAG not in r.data.tags]
+    baselines = {r.data.tags["seqops.variant"] for r in children if r.data.tags.get(CANDIDATE_TYPE_TAG) == "baseline"}
+    assert len(parents) == 1 and len(variants) == 1
+    assert {"naive", "seasonal_naive"} <= baselines
+    child = variants[0]
     assert child.data.params["cell"] == "lstm"
     assert child.data.params["k1"] == "26" and child.data.params["clip_value"] == "1.0"
     assert len(client.get_metric_history(child.info.run_id, "train_loss")) == TINY_FORECAST["training"]["max_epochs"]
@@ -143,7 +147,8 @@ def test_bad_forecast_requests_get_400_with_a_message(server: ScoringServer, rec
 def test_sentiment_variant_is_compared_with_the_tfidf_baseline(trained) -> None:
     _, _, client = trained
     experiment = client.get_experiment_by_name("seqops-sentiment")
-    child = next(r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("mlflow.parentRunId"))
+    child = next(r for r in client.search_runs([experiment.experiment_id])
+                 if r.data.tags.get("mlflow.parentRunId") and CANDIDATE_TYPE_TAG not in r.data.tags)
     for key in ("holdout_accuracy", "holdout_macro_f1", "holdout_baseline_macro_f1", "holdout_recall_positive",
                 "holdout_precision_negative", "validation_macro_f1"):
         assert key in child.data.metrics

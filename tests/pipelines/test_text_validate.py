@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.data.ingest import write_atomic
+from pipelines.data.atomic import write_atomic
 from pipelines.data.sources import read_source, read_table
 from pipelines.data.validate import InvalidDataError, validate_text
 

@@ -78,7 +78,7 @@ def test_rejected_file_leaves_existing_raw_data_untouched(project: Path, tmp_pat
     with pytest.raises(InvalidDataError):
         ingest("forecast", params, project, source_file=bad)
     assert target.read_bytes() == before
-    assert [p.name for p in target.parent.iterdir()] == ["raw.parquet"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["raw.parquet", "source.json"]
 
 
 def test_unreadable_file_is_a_clear_error(project: Path, tmp_path: Path) -> None:

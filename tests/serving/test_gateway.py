@@ -21,6 +21,7 @@ from mlflow.pyfunc import scoring_server
 
 from pipelines.serving.gateway import Gateway, GatewayConfig, Served, load_served
 from pipelines.serving.requests import ModelInputs, invoke
+from pipelines.signing import VERIFY_KEY_ENV, default_key_paths
 from tests.serving.conftest import GOOD_FORECAST, GOOD_SENTIMENT
 from tests.support.registered_models import store_uri
 from tests.support.servers import thread_env
@@ -95,6 +96,7 @@ def tracking(serving_project, monkeypatch):
     for name in ("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"):
         monkeypatch.setenv(name, "unset-by-test")
         monkeypatch.delenv(name)  # recorded by monkeypatch: restored (or removed) at teardown
+    monkeypatch.setenv(VERIFY_KEY_ENV, str(default_key_paths(serving_project)[1]))  # the key set_champion signed with
     yield GatewayConfig("forecast", "seqops-forecast", store_uri(serving_project))
     mlflow.set_tracking_uri(before[0])
     mlflow.set_registry_uri(before[1])

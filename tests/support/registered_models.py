@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
+import numpy as np
 import pandas as pd
 import torch
 from mlflow.tracking import MlflowClient
 
 from models import ModelConfig, SequenceModel
 from pipelines.prepare.features import SeriesTransform, Vocabulary
-from pipelines.serving.pyfunc import ForecastModel, SentimentModel, forecast_signature, log_pyfunc, sentiment_signature
+from pipelines.serving.pyfunc import ForecastModel, forecast_signature, log_pyfunc
+from pipelines.serving.sentiment import SentimentModel, sentiment_signature
+from pipelines.signing import signature_tags
 
 FORECAST_LIMITS = {"min_history": 53, "max_history": 5000, "default_horizon": 6, "max_horizon": 104}
 TEXT_LIMITS = {"max_text_length": 1000, "over_length": "reject", "max_records": 100}
@@ -52,9 +55,18 @@ def _experiment(client: MlflowClient, directory: Path, name: str) -> str:
     return client.create_experiment(name, artifact_location=(directory / "mlartifacts").as_uri())
 
 
+def forecast_calibration(steps: int = 6, origins: int = 40) -> dict:
+    """A conformal calibration as evaluate writes one: scaled residuals growing with the lead time."""
+    from pipelines.evaluate.intervals import calibration_payload
+
+    residuals = np.linspace(0.2, 2.0, origins)[:, None] * np.sqrt(np.arange(1, steps + 1))[None, :]  # [N, H]
+    return calibration_payload(residuals)
+
+
 def register_forecast(directory: Path, name: str = "seqops-forecast", seed: int = 0, hidden_size: int = 8,
-                      limits: dict | None = None) -> str:
-    """Log and register a forecast pyfunc (LSTM many-to-many on differenced, scaled values); its version."""
+                      limits: dict | None = None, calibrated: bool = True) -> str:
+    """Log and register a forecast pyfunc (LSTM many-to-many on differenced, scaled values), with a conformal
+    calibration written into it as evaluate does (unless `calibrated` is False); its version."""
     limits = {**FORECAST_LIMITS, **(limits or {})}
     torch.manual_seed(seed)
     config = ModelConfig(cell="lstm", input_size=1, hidden_size=hidden_size, topology="many_to_many",
@@ -70,12 +82,20 @@ def register_forecast(directory: Path, name: str = "seqops-forecast", seed: int 
             model_uri = log_pyfunc(Path(tmp) / "model", ForecastModel(), network,
                                    {"model": asdict(config), "serving": limits}, {"transform": transform},
                                    forecast_signature([], limits["default_horizon"]), example)
+        if calibrated:
+            from pipelines.evaluate.stage import store_calibration
+
+            store_calibration(model_uri, forecast_calibration())
         return str(mlflow.register_model(model_uri, name).version)
 
 
+SENTIMENT_TEMPERATURE = 2.0
+
+
 def register_sentiment(directory: Path, name: str = "seqops-sentiment", seed: int = 0,
-                       limits: dict | None = None) -> str:
-    """Log and register a sentiment pyfunc (GRU many-to-one over a tiny vocabulary); its version."""
+                       limits: dict | None = None, calibrated: bool = True) -> str:
+    """Log and register a sentiment pyfunc (GRU many-to-one over a tiny vocabulary), with a temperature
+    written into it as evaluate does (unless `calibrated` is False); its version."""
     limits = {**TEXT_LIMITS, **(limits or {})}
     torch.manual_seed(seed)
     vocabulary = Vocabulary.fit(TEXTS, min_freq=1)
@@ -91,9 +111,25 @@ def register_sentiment(directory: Path, name: str = "seqops-sentiment", seed: in
         with mlflow.start_run(experiment_id=_experiment(client, directory, name), run_name=f"seed-{seed}"):
             model_uri = log_pyfunc(Path(tmp) / "model", SentimentModel(), network, spec, {"vocabulary": path},
                                    sentiment_signature(), pd.DataFrame({"text": TEXTS[:2]}))
+        if calibrated:
+            from pipelines.evaluate.stage import store_calibration
+
+            store_calibration(model_uri, {"method": "temperature", "temperature": SENTIMENT_TEMPERATURE})
         return str(mlflow.register_model(model_uri, name).version)
 
 
+def sign_as_gate(directory: Path, name: str, version: str) -> None:
+    """Tag and sign `version` as the promotion gate does (key pair under `directory`/.seqops/keys)."""
+    uri = store_uri(directory)
+    with _tracking(uri):
+        tags = signature_tags(name, version, directory)
+    client = MlflowClient(uri, uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
 def set_champion(directory: Path, name: str, version: str) -> None:
+    """Move `champion` the way promotion does: signed first, so a server loads it."""
+    sign_as_gate(directory, name, version)
     uri = store_uri(directory)
     MlflowClient(uri, uri).set_registered_model_alias(name, "champion", version)

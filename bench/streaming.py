@@ -1,0 +1,230 @@
+"""Stateful streaming TBPTT against today's window mode on one long series: memory, speed, error.
+
+One synthetic series per length (10^4 .. 10^7 steps) with a dependency longer than a chunk: a regime
+(+1 / -1) switches every REGIME steps; every EVENT steps a precursor (+1 for 3 steps) announces a pulse of
+10 steps whose sign is the regime. The sign of a pulse is only predictable from the previous pulse, EVENT
+steps back: longer than one window or one batch of the stream, so only a state carried across batches can
+know it. Each (mode, length) trains one pass (one epoch) in its own child process, so its peak RSS
+(`resource.getrusage`) is its own; a second child scores next-step MSE (network space) on the holdout
+after warming the state over the WARM steps before it, the same for both modes. neuralforecast's LSTM at the
+same hidden size runs on the 10^5 series in its own venv ($NF_PYTHON, default /tmp/nf/bin/python).
+
+Run: OMP_NUM_THREADS=1 python -m bench.streaming  ->  bench/results/streaming.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import machine, pin_threads, table, write_result
+
+LENGTHS = tuple(int(n) for n in os.environ.get("BENCH_LENGTHS", "10000,100000,1000000,10000000").split(","))
+WINDOW_MAX = 1_000_000  # window mode above this: its window array (8 windows a step) does not fit the time budget
+REGIME, EVENT, PULSE = 5_000, 500, 10
+HIDDEN, STEPS, ROWS, K = 32, 256, 32, 64  # hidden size, steps a batch (= prepare.window), rows, k1 = k2
+STRIDE = STEPS // 8  # window mode's derived stride
+HOLDOUT_MAX, WARM = 20_000, 50_000
+NF_LENGTH = 100_000
+
+
+def series(n: int, seed: int = 0) -> np.ndarray:
+    """The long-dependency series [n]: noise, precursors and regime-signed pulses."""
+    rng = np.random.default_rng(seed)
+    y = rng.normal(0.0, 0.1, n)
+    regimes = rng.choice([-1.0, 1.0], size=n // REGIME + 1)
+    for t0 in range(EVENT // 2, n - PULSE - 3, EVENT):
+        y[t0:t0 + 3] += 1.0
+        y[t0 + 3:t0 + 3 + PULSE] += 3.0 * regimes[(t0 + 3) // REGIME]
+    return y
+
+
+def holdout_of(n: int) -> int:
+    return min(n // 10, HOLDOUT_MAX)
+
+
+def validation_of(n: int) -> int:
+    return max(ROWS, holdout_of(n) // 4)
+
+
+def write_prepared(root: Path, n: int) -> None:
+    """prepared/<task>/ as prepare writes it (series.parquet, transform.json), in row groups of 2^16."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.prepare.features import SeriesTransform
+
+    root.mkdir(parents=True, exist_ok=True)
+    y, holdout = series(n), holdout_of(n)
+    n_val = validation_of(n)
+    split = np.repeat(np.array(["train", "validation", "holdout"]), [n - holdout - n_val, n_val, holdout])
+    table_ = pa.table({"series_id": pa.array(np.zeros(n, np.int8)).cast(pa.string()).dictionary_encode(),
+                       "split": pa.array(split).dictionary_encode(), "y": y})
+    pq.write_table(table_, root / "series.parquet", row_group_size=1 << 16)
+    SeriesTransform.fit([y[:n - holdout - n_val, None]], ["y"], False).save(root / "transform.json")
+
+
+def train_child(mode: str, prepared: Path, weights: Path) -> dict:
+    """One pass in `mode` over `prepared`; returns its seconds and peak RSS (this process)."""
+    pin_threads()
+    import pytorch_lightning as pl
+
+    from models import ModelConfig, SequenceModel
+    from pipelines.train.datamodules import SeriesDataModule
+    from pipelines.train.streaming import StatefulSeriesDataModule
+
+    if mode == "stateful":
+        dm = StatefulSeriesDataModule(prepared, STEPS, ROWS)
+    else:
+        dm = SeriesDataModule(prepared, "many_to_many", STEPS, STRIDE, ROWS, 1)
+    started = time.perf_counter()
+    dm.setup("fit")
+    pl.seed_everything(0, verbose=False)
+    network = SequenceModel(ModelConfig(topology="many_to_many", cell="lstm", input_size=1, hidden_size=HIDDEN,
+                                        output_size=1, head="regression", k1=K, k2=K, lr=0.005))
+    trainer = pl.Trainer(max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         accelerator="cpu", devices=1)
+    trainer.fit(network, datamodule=dm)
+    seconds = time.perf_counter() - started
+    import torch
+
+    torch.save(network.state_dict(), weights)
+    return {"seconds": seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def score_child(n: int, weights: Path, prepared: Path) -> dict:
+    """Next-step MSE (network space) over the holdout, the state warmed over the WARM steps before it."""
+    pin_threads()
+    import torch
+
+    from models import WARMUP_STEPS, ModelConfig, SequenceModel
+    from pipelines.prepare.features import SeriesTransform
+
+    network = SequenceModel(ModelConfig(topology="many_to_many", cell="lstm", input_size=1, hidden_size=HIDDEN,
+                                        output_size=1, head="regression", k1=K, k2=K))
+    network.load_state_dict(torch.load(weights, weights_only=True))
+    network.eval()
+    transform = SeriesTransform.load(prepared / "transform.json")
+    holdout = holdout_of(n)
+    y = series(n)[-(holdout + WARM + 1):]
+    z = torch.from_numpy(transform.to_inputs(y[:, None]))[None]  # [1, T, 1]
+    warm = max(0, z.shape[1] - holdout - 1)
+    errors, state = [], None
+    with torch.inference_mode():
+        for a in range(0, z.shape[1] - 1, WARMUP_STEPS):
+            b = min(a + WARMUP_STEPS, z.shape[1] - 1)
+            pred, state = network.net(z[:, a:b], state)  # [1, b-a, 1]
+            err = (pred[0, :, 0] - z[0, a + 1:b + 1, 0]) ** 2  # [b-a]
+            errors.append(err[max(0, warm - a):])
+    return {"holdout_mse": float(torch.cat(errors).mean())}
+
+
+def nf_child(prepared: Path) -> dict:
+    """neuralforecast's LSTM (same hidden size, input window STEPS) on the series: steps read per second in
+    training and one-step MSE over the holdout (cross_validation, no refit), in network space."""
+    import logging
+
+    import pandas as pd
+    import torch
+    from neuralforecast import NeuralForecast
+    from neuralforecast.models import LSTM
+    torch.set_num_threads(1)
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    meta = json.loads((prepared / "transform.json").read_text())
+    n, holdout = NF_LENGTH, holdout_of(NF_LENGTH)
+    y = (series(n) - meta["mean"][0]) / meta["std"][0]
+    df = pd.DataFrame({"unique_id": "s", "ds": np.arange(n), "y": y})
+    max_steps, windows = 300, ROWS
+    model = LSTM(h=1, input_size=STEPS, encoder_hidden_size=HIDDEN, decoder_hidden_size=HIDDEN, max_steps=max_steps,
+                 batch_size=1, windows_batch_size=windows, learning_rate=0.005, scaler_type=None,
+                 enable_progress_bar=False, logger=False, accelerator="cpu", devices=1, random_seed=0)
+    nf = NeuralForecast(models=[model], freq=1)
+    started = time.perf_counter()
+    nf.fit(df.iloc[:n - holdout])
+    seconds = time.perf_counter() - started
+    scored = min(holdout, 2_000)
+    cv = nf.cross_validation(df.iloc[:n - holdout + scored], n_windows=scored, step_size=1, h=1, refit=False)
+    return {"seconds": seconds, "timesteps_per_s": max_steps * windows * (STEPS + 1) / seconds,
+            "holdout_mse": float(((cv["LSTM"] - cv["y"]) ** 2).mean()), "scored_steps": scored,
+            "max_steps": max_steps}
+
+
+def _child(*args: str, python: str = sys.executable) -> dict:
+    out = subprocess.run([python, "-m", "bench.streaming", *args], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+                         cwd=Path(__file__).resolve().parent.parent)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"rc {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    pin_threads()
+    rows, runs = [], {}
+    with tempfile.TemporaryDirectory(prefix="bench-streaming-") as tmp:
+        for n in LENGTHS:
+            prepared = Path(tmp) / str(n)
+            write_prepared(prepared, n)
+            for mode in ("stateful", "window"):
+                if mode == "window" and n > WINDOW_MAX:
+                    runs[f"{mode}_{n}"] = {"skipped": f"window mode at {n:.0e} steps: {n // STRIDE:,} windows of "
+                                           f"{STEPS} steps (8 reads a step) exceed the ~20-minute budget"}
+                    continue
+                weights = Path(tmp) / f"{mode}-{n}.pt"
+                run = _child("train", mode, str(prepared), str(weights))
+                if "error" not in run:
+                    run["timesteps_per_s"] = (n - holdout_of(n) - validation_of(n)) / run["seconds"]
+                    run.update(_child("score", str(n), str(weights), str(prepared)))
+                runs[f"{mode}_{n}"] = run
+                rows.append({"mode": mode, "length": n, **run})
+                print(table(rows[-1:], ["mode", "length", "seconds", "timesteps_per_s", "peak_rss_mb",
+                                        "holdout_mse"]), flush=True)
+            if n == NF_LENGTH:
+                nf_python = os.environ.get("NF_PYTHON", "/tmp/nf/bin/python")
+                runs["neuralforecast_lstm_100000"] = (_child("nf", str(prepared), python=nf_python)
+                                                      if Path(nf_python).exists() else
+                                                      {"skipped": f"no neuralforecast venv at {nf_python}"})
+                print("neuralforecast LSTM:", runs["neuralforecast_lstm_100000"], flush=True)
+    print(table(rows, ["mode", "length", "seconds", "timesteps_per_s", "peak_rss_mb", "holdout_mse"]))
+    s = {n: runs.get(f"stateful_{n}", {}) for n in LENGTHS}
+    w = {n: runs.get(f"window_{n}", {}) for n in LENGTHS}
+    nf = runs.get("neuralforecast_lstm_100000", {})
+    longest_both = max((n for n in LENGTHS if "holdout_mse" in w[n] and "holdout_mse" in s[n]), default=None)
+    summary = {
+        "stateful_peak_ratio_1e7_vs_1e4": (s[LENGTHS[-1]]["peak_rss_mb"] / s[LENGTHS[0]]["peak_rss_mb"]
+                                           if "peak_rss_mb" in s[LENGTHS[-1]] else None),
+        "long_dependency_length": longest_both,
+        "stateful_holdout_mse": s[longest_both]["holdout_mse"] if longest_both else None,
+        "window_holdout_mse": w[longest_both]["holdout_mse"] if longest_both else None,
+        "stateful_vs_window_error_ratio": (s[longest_both]["holdout_mse"] / w[longest_both]["holdout_mse"]
+                                           if longest_both else None),
+        "stateful_vs_neuralforecast_timesteps_per_s": (s[NF_LENGTH]["timesteps_per_s"] / nf["timesteps_per_s"]
+                                                       if "timesteps_per_s" in nf and "timesteps_per_s" in s[NF_LENGTH]
+                                                       else None),
+    }
+    print(json.dumps(summary, indent=2))
+    write_result("streaming", {"machine": machine(), "settings": {
+        "hidden_size": HIDDEN, "steps_per_batch": STEPS, "rows": ROWS, "k1": K, "k2": K, "window_stride": STRIDE,
+        "regime_steps": REGIME, "event_steps": EVENT, "holdout_max": HOLDOUT_MAX, "warm_steps": WARM,
+        "epochs": 1, "threads": 1}, "runs": runs, "summary": summary})
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "train":
+        print(json.dumps(train_child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))))
+    elif len(sys.argv) > 1 and sys.argv[1] == "score":
+        print(json.dumps(score_child(int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))))
+    elif len(sys.argv) > 1 and sys.argv[1] == "nf":
+        print(json.dumps(nf_child(Path(sys.argv[2]))))
+    else:
+        main()

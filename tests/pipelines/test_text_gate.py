@@ -1,0 +1,92 @@
+"""The gate on a text task: a recurrent model that loses to TF-IDF + logistic regression is not served;
+the baseline is registered, tagged as a baseline, and answers the sentiment REST contract.
+
+A real retrain (ingest, DVC, prepare, train, evaluate, promote into a real MLflow registry) of a
+five-line text task over a small generated corpus whose label a single word decides: TF-IDF reads it
+perfectly, while a 4-unit GRU after one epoch of two batches has barely moved from chance.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.config import load_params
+from pipelines.data import versioning
+from pipelines.data.ingest import ingest
+from pipelines.evaluate.stage import evaluate_task
+from pipelines.prepare.stage import prepare
+from pipelines.project import metrics_file
+from pipelines.registry import CANDIDATE_TYPE_TAG, promote
+from pipelines.serving.requests import ModelInputs, invoke
+from pipelines.train.stage import train_task
+from tests.conftest import make_project
+
+FILLER = ["the", "flight", "crew", "seat", "bag", "gate", "was", "today", "again", "my"]
+CUES = {"positive": ["lovely", "great", "thanks"], "negative": ["awful", "lost", "delayed"]}
+# Five lines and the tiny sizes that force the loss: one epoch, a 4-unit GRU, no language model.
+TASK = {"kind": "text", "source": "reviews.csv", "text": "review", "label": "mood",
+        "pretrain": {"method": "none"},
+        "training": {"max_epochs": 1, "batch_size": 256},
+        "variants": [{"name": "gru", "cell": "gru", "hidden_size": 4, "embedding_dim": 4, "lr": 0.001}]}
+
+
+def reviews(n: int, seed: int = 0) -> pd.DataFrame:
+    """`n` distinct short texts: filler words around one cue word that alone decides the label."""
+    rng = np.random.default_rng(seed)
+    moods = rng.choice(sorted(CUES), n)
+    texts = [" ".join([*rng.choice(FILLER, 5), rng.choice(CUES[mood]), f"n{i}"]) for i, mood in enumerate(moods)]
+    return pd.DataFrame({"review": texts, "mood": moods})
+
+
+@pytest.fixture
+def text_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = make_project(tmp_path / "project", {"reviews": TASK})
+    reviews(600).to_csv(root / "reviews.csv", index=False)
+    uri = f"sqlite:///{root / '.seqops' / 'mlflow.db'}"
+    monkeypatch.setenv("SEQOPS_ROOT", str(root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    yield root
+    mlflow.set_tracking_uri(None)
+
+
+def test_a_recurrent_model_worse_than_tfidf_leaves_the_baseline_registered_and_served(text_project: Path) -> None:
+    root, task = text_project, "reviews"
+    params = load_params(root)
+    ingest(task, params, root)
+    versioning.track(root)
+    prepare(root, task, params)
+    train_task(root, task, params)
+    evaluate_task(root, task, params)
+    decision = promote(root, task, params, rescore=lambda uri: pytest.fail(f"no champion to re-score: {uri}"))
+
+    metrics = json.loads(metrics_file(root, task).read_text())
+    gru, baseline = metrics["variants"]["gru"]["macro_f1"], metrics["baselines"]["tfidf_logreg"]["macro_f1"]
+    assert baseline > gru + 0.2  # the tiny GRU really is worse
+    assert metrics["chosen"] == "tfidf_logreg" and metrics["chosen_type"] == "baseline"
+    assert "the recurrent models lost" in metrics["verdict"]
+    assert decision.promoted
+    for scores in (metrics["variants"]["gru"], metrics["baselines"]["tfidf_logreg"]):  # temperature scaling
+        assert scores["temperature"] > 0 and {"ece", "ece_uncalibrated"} <= set(scores)
+
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(f"seqops-{task}", "champion")
+    assert champion.tags[CANDIDATE_TYPE_TAG] == "baseline" and champion.tags["variant"] == "tfidf_logreg"
+    served = mlflow.pyfunc.load_model(f"models:/seqops-{task}@champion")
+    body = json.dumps({"dataframe_records": [{"text": "the crew was lovely today"},
+                                             {"text": "my bag was lost again"}]}).encode()
+    status, answer = invoke(lambda frame, p: served.predict(frame, params=p),
+                            ModelInputs.from_metadata(served.metadata), body)
+    assert status == 200, answer
+    predictions = json.loads(answer)["predictions"]
+    assert [p["label"] for p in predictions] == ["positive", "negative"]
+    for p in predictions:
+        assert set(p["scores"]) == {"negative", "positive"}
+        assert p["score"] == pytest.approx(max(p["scores"].values()))
+        assert sum(p["scores"].values()) == pytest.approx(1.0)
