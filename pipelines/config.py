@@ -10,24 +10,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from models.rules import check_dropout, check_tbptt_window
+from pipelines.config_base import ConfigError, PositiveInt, _Strict
+from pipelines.config_runtime import Orchestration, Serving
 from pipelines.data.calendar import frequency_error
-from pipelines.errors import SeqopsError
 from pipelines.evaluate.intervals import DEFAULT_LEVELS, MAX_LEVELS
 from pipelines.project import params_path
-
-
-class ConfigError(SeqopsError, ValueError):
-    """params.yaml (or an override) does not match the schema; the message names the key."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class Variant(_Strict):
@@ -305,51 +295,6 @@ class Promote(_Strict):
         if kind not in self.metrics:
             raise ConfigError(f"promote.metrics has no entry for task kind {kind!r}")
         return self.metrics[kind]
-
-
-class Serving(_Strict):
-    """`seqops serve`: where it listens and how the gateway (pipelines/gateway.py) guards the model."""
-
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(gt=0, lt=65536)] = 5055
-    workers: PositiveInt = 1              # uvicorn worker processes; each loads the model and polls on its own
-    concurrency: PositiveInt = 1          # requests one worker predicts at once (the rest queue)
-    threads: PositiveInt = 1              # torch intra-op threads per worker (2-core machines stall above 1)
-    max_body_bytes: PositiveInt = 2 * 1024 * 1024   # a larger request body gets a 413
-    request_timeout_s: Annotated[float, Field(gt=0.0)] = 10.0  # a slower request gets a 504
-    poll_interval_s: Annotated[float, Field(ge=0.0)] = 10.0    # how often `champion` is checked; 0: never
-    batching: bool = True                 # score requests that arrive together in one forward per step
-    batch_wait_ms: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0  # wait for batch-mates only while more are arriving
-    max_batch_records: PositiveInt = 256  # records scored together at most
-    max_records: PositiveInt = 1000       # records in one request; more get a 400
-    max_request_steps: PositiveInt = 1_000_000  # records x (history + horizon) in one request; more get a 400
-    max_queue: PositiveInt = 64           # requests waiting for the model; more get a 503 with Retry-After
-    read_timeout_s: Annotated[float, Field(gt=0.0)] = 5.0  # headers and body must arrive within this; idle keep-alive too
-    max_connections: PositiveInt = 256    # open connections at most; uvicorn answers 503 beyond
-
-
-class TaskRunner(_Strict):
-    """Where the variants of one retrain train: a Dask cluster (local unless `address`), or one at a time."""
-
-    kind: Literal["dask", "sequential"] = "dask"
-    address: str | None = None  # tcp://HOST:8786, an existing Dask scheduler; None starts a LocalCluster
-    n_workers: PositiveInt = 2  # LocalCluster worker processes (never more than the variants to train)
-    threads_per_worker: PositiveInt = 1
-
-
-class Schedule(_Strict):
-    cron: Annotated[str, Field(min_length=9)] = "0 3 * * *"
-    timezone: str = "UTC"
-
-
-class Orchestration(_Strict):
-    """Prefect around the stages: fan-out, retries of transient failures, one retrain per task at a time."""
-
-    task_runner: TaskRunner = TaskRunner()
-    retries: Annotated[int, Field(ge=0, le=10)] = 3
-    retry_delay_seconds: Annotated[float, Field(gt=0.0)] = 10.0  # first retry; doubles on each next one
-    concurrency: PositiveInt = 1  # retrains of one task at once (Prefect global concurrency limit retrain-<task>)
-    schedule: Schedule = Schedule()
 
 
 class Params(_Strict):

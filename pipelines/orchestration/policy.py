@@ -19,7 +19,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pipelines.config import Orchestration, TaskRunner
+from pipelines.config_runtime import Orchestration, TaskRunner
 
 LIMIT_PREFIX = "retrain-"
 SLOT_WAIT_S = 60.0  # longest wait for a free retrain-<task> slot before saying who holds it

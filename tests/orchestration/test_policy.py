@@ -13,7 +13,8 @@ import pytest
 import yaml
 from mlflow.exceptions import MlflowException
 
-from pipelines.config import ConfigError, Orchestration, TaskRunner, load_params
+from pipelines.config import ConfigError, load_params
+from pipelines.config_runtime import Orchestration, TaskRunner
 from pipelines.data.versioning import VersioningError
 from pipelines.orchestration.policy import is_transient, limit_name, one_retrain_at_a_time, retrying, task_runner
 from tests.conftest import REPO, TINY_FORECAST, make_project
@@ -124,11 +125,12 @@ def test_orchestration_and_trainer_settings_are_validated_with_the_key_named(tmp
 
 def test_lightning_strategy_devices_and_nodes_pass_through_from_params(tmp_path: Path) -> None:
     from models import GradientHealth
-    from pipelines.train.stage import trainer_for
+    from pipelines.train.stage import RestoreBestEpoch, trainer_for
 
     params = load_params(REPO, overrides=["training.accelerator=cpu", "training.devices=1",
                                                            "training.strategy=ddp", "training.num_nodes=2"])
-    trainer = trainer_for(params, params.task("forecast"), "0" * 32, tmp_path, "t", GradientHealth())
+    trainer = trainer_for(params, params.task("forecast"), "0" * 32, tmp_path, "t", GradientHealth(),
+                          RestoreBestEpoch())
     assert trainer.num_nodes == 2 and type(trainer.strategy).__name__ == "DDPStrategy"
     assert trainer.num_devices == 1
 

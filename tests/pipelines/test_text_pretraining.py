@@ -50,25 +50,26 @@ def tiny_task(**pretrain: object) -> TextTask:
 
 @pytest.fixture()
 def tracking(tmp_path: Path) -> str:
+    """A store of the test's own, its experiment's id; the process's MLflow target is restored after."""
+    before = mlflow.get_tracking_uri()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("pretrain-test")
-    yield uri
-    mlflow.set_tracking_uri(None)
+    yield mlflow.MlflowClient(uri).create_experiment("pretrain-test")
+    mlflow.set_tracking_uri(before)
 
 
 def test_the_language_models_loss_falls_and_its_perplexity_is_logged_per_epoch(tracking: str, tmp_path: Path) -> None:
     texts = corpus(300)
     encoder = SubwordTokenizer.fit(texts.loc[texts["split"] == "train", "text"], 300, 2)
     spec = tiny_task()
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=tracking) as run:
         summary = pretrain(spec, Params.model_validate({"tasks": {"t": spec.model_dump()}}), texts, [], encoder,
                            tmp_path / "lm")
     history = summary["models"][Encoder("gru", 8, 16, 1).file("forward")]
     assert len(history) == 3
     assert history[-1]["lm_train_perplexity"] < history[0]["lm_train_perplexity"]
     assert history[-1]["lm_val_perplexity"] < 0.5 * len(encoder)  # far below a uniform guess
-    logged = MlflowClient(tracking).get_metric_history(run.info.run_id, "lm_val_perplexity")
+    logged = MlflowClient().get_metric_history(run.info.run_id, "lm_val_perplexity")
     assert [m.step for m in logged] == [1, 2, 3]
 
 
@@ -76,7 +77,7 @@ def test_the_classifier_starts_from_the_language_models_embedding_and_core(track
     texts = corpus(120)
     encoder = SubwordTokenizer.fit(texts["text"], 300, 2)
     spec = tiny_task(max_epochs=1)
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=tracking):
         pretrain(spec, Params.model_validate({"tasks": {"t": spec.model_dump()}}), texts, [], encoder, tmp_path)
     variant = spec.variants[0]
     classifier = SequenceModel(ModelConfig(cell="gru", hidden_size=16, topology="many_to_one", head="multiclass",
