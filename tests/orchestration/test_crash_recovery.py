@@ -301,7 +301,9 @@ def running_mlflow_run(root: Path) -> bool:
 
 KILL_POINTS = {  # when the run is past that point: a file a stage wrote, or a training run open
     "ingest": lambda root: (root / "data" / "forecast" / "raw.parquet").exists(),
+    "prepare": lambda root: (root / "prepared" / "forecast").exists(),
     "train": running_mlflow_run,
+    "evaluate": lambda root: (root / "artifacts" / "forecast" / "train.json").exists(),
     "promote": lambda root: (root / "metrics" / "forecast.json").exists(),
 }
 RUN_BOUND_S = 540  # a whole tiny run, on 2 cores shared with other work
