@@ -7,7 +7,7 @@ fails on load with the dotted key and the allowed values instead of deep inside 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import AfterValidator, Field, ValidationError, model_validator
@@ -65,6 +65,9 @@ Variants = Annotated[list[Variant], Field(min_length=1), AfterValidator(_unique_
 # A time-series key left out (None) is derived at prepare time from the series' frequency and length
 # (pipelines/tasks/defaults.py, rules in the README) and written to prepared/<task>/settings.json;
 # a key written here always wins over its derived default.
+StatsforecastBaseline = Literal["auto_ets", "auto_theta"]
+
+
 class SeriesPrepare(_Strict):
     holdout: PositiveInt | None = None
     validation: PositiveInt | None = None
@@ -80,6 +83,9 @@ class SeriesEvaluate(_Strict):
     # The median of the best `ensemble_size` recurrent variants (by rolling-origin CV) is a candidate of
     # its own; 1 disables it. Baselines (statsforecast) are scored in every run beside the candidates.
     ensemble_size: PositiveInt = 3
+    # Naive and seasonal naive are always scored; these statsforecast models too (each costs a fit per
+    # forecast origin; an empty list keeps a tiny or test task fast, at the price of a weaker bar).
+    statistical_baselines: list[StatsforecastBaseline] = list(get_args(StatsforecastBaseline))
 
 
 Levels = Annotated[list[Annotated[float, Field(gt=0.0, lt=100.0)]], Field(min_length=1, max_length=MAX_LEVELS)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Callable
+from typing import Callable, get_args
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -24,10 +24,11 @@ from sklearn.metrics import f1_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from threadpoolctl import threadpool_limits
 
+from pipelines.config import StatsforecastBaseline
 from pipelines.evaluate.metrics import classification_metrics
 from pipelines.prepare.features import Tokenizer, seasonal_naive
 
-STATISTICAL = ("naive", "seasonal_naive", "auto_ets", "auto_theta")
+STATISTICAL = ("naive", "seasonal_naive", *get_args(StatsforecastBaseline))
 C_GRID = (0.25, 1.0, 4.0)  # logistic regression's inverse regularisation, chosen by 3-fold CV
 CV_FOLDS = 3
 

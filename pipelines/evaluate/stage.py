@@ -42,7 +42,7 @@ from pipelines.config import Metric, Params
 from pipelines.data.versioning import data_version
 from pipelines.evaluate.intervals import write_calibration
 from pipelines.project import metrics_file, prepared_dir, train_record
-from pipelines.registry import CANDIDATE_TYPE_TAG, decide
+from pipelines.registry import CANDIDATE_TYPE_TAG, coverage_check, decide
 from pipelines.runner import run_stage_main
 from pipelines.tasks import Calibration, Scored, TaskKind, TaskSpec, kind_for
 from pipelines.tasks.settings import task_spec
@@ -111,26 +111,39 @@ def margin(recurrent: float, baseline: float, goal: str) -> float:
     return worse / abs(baseline)
 
 
+def _covering(rows: dict[str, dict[str, float]], floor: float) -> dict[str, dict[str, float]]:
+    """The candidates whose 80 % interval meets promote.coverage_floor (the gate refuses the others);
+    all of them when none does, so the gate's refusal names the reason."""
+    return {name: row for name, row in rows.items() if coverage_check(row, floor)[0]} or rows
+
+
 def choose(variants: dict[str, dict[str, float]], baselines: dict[str, dict[str, float]],
-           metric: Metric) -> dict[str, Any]:
+           metric: Metric, floor: float = 0.0) -> dict[str, Any]:
     """The candidate promote registers, with the comparison that chose it.
 
-    The best recurrent candidate (by cross-validation) goes forward only if it beats the best
-    baseline (by holdout: the served model must never be worse than any baseline there) on the
-    holdout metric; otherwise the best baseline does.
+    The best recurrent candidate (by cross-validation, among those whose 80 % holdout coverage meets
+    `floor`, promote.coverage_floor, while any does) goes forward only if its intervals meet the
+    floor and it beats the best baseline on the holdout metric (the served model must never be worse
+    than any baseline there); otherwise the best baseline that meets the floor does, so that a first
+    run still serves a model the gate accepts.
     """
-    best = best_variant(variants, f"validation_{metric.name}", metric.goal)
+    best = best_variant(_covering(variants, floor), f"validation_{metric.name}", metric.goal)
     base = best_variant(baselines, metric.name, metric.goal)
+    fallback = best_variant(_covering(baselines, floor), metric.name, metric.goal)
     ours, theirs = variants[best][metric.name], baselines[base][metric.name]
-    wins, _ = decide(ours, theirs, 0.0, metric.goal)
+    covered, _ = coverage_check(variants[best], floor)
+    wins = covered and decide(ours, theirs, 0.0, metric.goal)[0]
     gap = margin(ours, theirs, metric.goal)
     if wins:
         verdict = (f"recurrent candidate {best} beats the best baseline {base} on the holdout: {metric.name} "
                    f"{ours:.4g} vs {theirs:.4g} ({-gap:.1%} better)")
+    elif not covered:
+        verdict = (f"the recurrent models lost: no recurrent candidate's 80 % interval meets "
+                   f"promote.coverage_floor ({floor:.0%}); the baseline {fallback} is the candidate")
     else:
         verdict = (f"the recurrent models lost: the best, {best}, has holdout {metric.name} {ours:.4g} against "
-                   f"{theirs:.4g} for the baseline {base} ({gap:.1%} worse); the baseline {base} is the candidate")
-    return {"best_variant": best, "best_baseline": base, "chosen": best if wins else base,
+                   f"{theirs:.4g} for the baseline {base} ({gap:.1%} worse); the baseline {fallback} is the candidate")
+    return {"best_variant": best, "best_baseline": base, "chosen": best if wins else fallback,
             "chosen_type": None if wins else BASELINE, "verdict": verdict,
             "margin": {"metric": metric.name, "recurrent": ours, "baseline": theirs, "relative": gap}}
 
@@ -177,7 +190,7 @@ def evaluate_task(root: Path, task: str, params: Params) -> Path:
         kind.plot_calibration(entry["run_id"], f"{task}/{name} holdout", calibration)
         row = {**metrics, cv_key: selection, **({"val_loss": val_losses[name]} if name in val_losses else {})}
         (baseline_results if entry["type"] == BASELINE else variants)[name] = row
-    choice = choose(variants, baseline_results, metric)
+    choice = choose(variants, baseline_results, metric, params.promote.coverage_floor)
     choice["chosen_type"] = choice["chosen_type"] or models[choice["chosen"]]["type"]
     print(f"evaluate@{task}: {choice['verdict']}", flush=True)
     out = metrics_file(root, task)

@@ -305,9 +305,9 @@ class TimeSeriesKind:
         """The intervals are drawn on the forecast plot (`plot`): nothing more to draw."""
 
     def baselines(self, prepared: Path, seed: int) -> dict[str, Callable[[Path], str]]:
-        """Naive, seasonal naive, AutoETS and AutoTheta (statsforecast), each refitted on every request's
-        history, behind the forecast contract (pipelines/evaluate/baselines.py says why these)."""
-        from pipelines.evaluate.baselines import STATISTICAL
+        """Naive, seasonal naive and `evaluate.statistical_baselines` (statsforecast's AutoETS and AutoTheta by
+        default), each refitted on every request's history, behind the forecast contract
+        (pipelines/evaluate/baselines.py says why these)."""
         from pipelines.serving.baseline_pyfunc import StatisticalForecastModel, log_baseline_pyfunc
 
         def logger(method: str) -> Callable[[Path], str]:
@@ -318,7 +318,8 @@ class TimeSeriesKind:
                                            {"transform": str(prepared / TRANSFORM_FILE)}, signature, example)
             return log
 
-        return {method: logger(method) for method in STATISTICAL}
+        methods = ("naive", "seasonal_naive", *self.spec.evaluate.statistical_baselines)
+        return {method: logger(method) for method in methods}
 
     def ensemble(self, prepared: Path, ranked: list[str]) -> Callable[[Path], str] | None:
         """The step-wise median of the best `evaluate.ensemble_size` recurrent models (`ranked` best first)."""

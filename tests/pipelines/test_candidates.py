@@ -170,3 +170,14 @@ def test_early_stopping_restores_the_best_epochs_weights() -> None:
     assert trainer.current_epoch < 6  # stopped early
     assert best.best_epoch == 1 and best.best_loss == 1.0
     assert float(model.w.detach()) == 1.0  # the best epoch's weights, not the last epoch's
+
+
+def test_candidates_below_the_coverage_floor_give_way_to_one_that_meets_it() -> None:
+    variants = {"lstm": {"mae": 1.0, "validation_mae": 0.5, "coverage_80": 0.4},
+                "gru": {"mae": 1.1, "validation_mae": 0.6, "coverage_80": 0.8}}
+    baselines = {"auto_theta": {"mae": 1.5, "coverage_80": 0.5}, "naive": {"mae": 3.0, "coverage_80": 0.75}}
+    assert choose(variants, baselines, MAE, floor=0.7)["chosen"] == "gru"
+    uncovered = {name: {**row, "coverage_80": 0.4} for name, row in variants.items()}
+    fallback = choose(uncovered, baselines, MAE, floor=0.7)
+    assert fallback["chosen"] == "naive" and fallback["chosen_type"] == "baseline"
+    assert fallback["best_baseline"] == "auto_theta"

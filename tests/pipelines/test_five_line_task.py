@@ -31,9 +31,6 @@ def elnino_csv(path: Path) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issues 10/11 open: evaluate chooses a candidate without regard to the "
-                   "coverage floor, so when the chosen one's 80 % coverage is below promote.coverage_floor "
-                   "nothing is promoted and a first run ends without a champion")
 def test_a_five_line_monthly_task_runs_and_serves_its_champion(tmp_path: Path) -> None:
     root = make_project(tmp_path / "fresh", {"elnino": FIVE_LINES})
     series = elnino_csv(root / "elnino.csv")
