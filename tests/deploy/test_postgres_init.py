@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.orchestration.conftest import PG_HOST, PG_PASSWORD, PG_PORT, PG_USER, _pg_connect, base_env
+from tests.orchestration.conftest import PG_HOST, PG_PASSWORD, PG_PORT, PG_USER, _pg_connect, admin_connection, base_env
 
 SCRIPT = REPO / "deploy" / "postgres" / "init-databases.sh"
 
@@ -25,11 +25,7 @@ SCRIPT = REPO / "deploy" / "postgres" / "init-databases.sh"
 @pytest.fixture(scope="module")
 def initialised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Run the init script twice with a unique prefix; yield the names it was given; drop all after."""
-    try:
-        admin = _pg_connect()
-    except Exception as e:  # no PostgreSQL on this machine: say so instead of failing obscurely
-        pytest.skip(f"PostgreSQL at {PG_HOST}:{PG_PORT} is not reachable: {e}")
-    admin.autocommit = True
+    admin = admin_connection()
     prefix = f"seqops_init_{uuid.uuid4().hex[:8]}"
     names = {"MLFLOW_DB_USER": f"{prefix}_mlflow", "MLFLOW_DB": f"{prefix}_mlflow_db",
              "MLFLOW_AUTH_DB": f"{prefix}_mlflow_auth", "PREFECT_DB_USER": f"{prefix}_prefect",

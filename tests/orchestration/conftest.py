@@ -92,6 +92,16 @@ def _pg_connect(database: str = "postgres"):
                             dbname=database, connect_timeout=5)
 
 
+def admin_connection():
+    """An autocommit connection to the test PostgreSQL as its admin user, or a skip that says why not."""
+    try:
+        admin = _pg_connect()
+    except Exception as e:  # no PostgreSQL on this machine: say so instead of failing obscurely
+        pytest.skip(f"PostgreSQL at {PG_HOST}:{PG_PORT} (user {PG_USER}) is not reachable: {e}")
+    admin.autocommit = True
+    return admin
+
+
 def pg_url(driver: str, database: str) -> str:
     auth = f"{PG_USER}:{PG_PASSWORD}" if PG_PASSWORD else PG_USER
     return f"postgresql+{driver}://{auth}@{PG_HOST}:{PG_PORT}/{database}"
@@ -100,11 +110,7 @@ def pg_url(driver: str, database: str) -> str:
 @pytest.fixture
 def postgres_databases(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     """Two fresh databases (mlflow, prefect) with unique names on the test PostgreSQL; dropped after."""
-    try:
-        admin = _pg_connect()
-    except Exception as e:  # no PostgreSQL on this machine: say so instead of failing obscurely
-        pytest.skip(f"PostgreSQL at {PG_HOST}:{PG_PORT} (user {PG_USER}) is not reachable: {e}")
-    admin.autocommit = True
+    admin = admin_connection()
     suffix = uuid.uuid4().hex[:10]
     names = {role: f"seqops_test_{role}_{suffix}" for role in ("mlflow", "prefect")}
     try:

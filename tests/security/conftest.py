@@ -7,9 +7,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Iterator
 
-import pytest
-
-from tests.orchestration.conftest import PG_HOST, PG_PORT, _pg_connect
+from tests.orchestration.conftest import PG_HOST, PG_PORT, admin_connection
 
 
 @contextmanager
@@ -18,11 +16,7 @@ def owned_databases(*purposes: str) -> Iterator[dict[str, str]]:
 
     Yields {"user", "password", "host", "port", <purpose>: database name, ...}.
     """
-    try:
-        admin = _pg_connect()
-    except Exception as e:  # no PostgreSQL on this machine: say so instead of failing obscurely
-        pytest.skip(f"PostgreSQL at {PG_HOST}:{PG_PORT} is not reachable: {e}")
-    admin.autocommit = True
+    admin = admin_connection()
     suffix = uuid.uuid4().hex[:10]
     role, password = f"seqops_test_role_{suffix}", secrets.token_hex(16)
     names = {purpose: f"seqops_test_{purpose}_{suffix}" for purpose in purposes}
