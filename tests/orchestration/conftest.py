@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -100,29 +99,6 @@ def admin_connection():
         pytest.skip(f"PostgreSQL at {PG_HOST}:{PG_PORT} (user {PG_USER}) is not reachable: {e}")
     admin.autocommit = True
     return admin
-
-
-def pg_url(driver: str, database: str) -> str:
-    auth = f"{PG_USER}:{PG_PASSWORD}" if PG_PASSWORD else PG_USER
-    return f"postgresql+{driver}://{auth}@{PG_HOST}:{PG_PORT}/{database}"
-
-
-@pytest.fixture
-def postgres_databases(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
-    """Two fresh databases (mlflow, prefect) with unique names on the test PostgreSQL; dropped after."""
-    admin = admin_connection()
-    suffix = uuid.uuid4().hex[:10]
-    names = {role: f"seqops_test_{role}_{suffix}" for role in ("mlflow", "prefect")}
-    try:
-        with admin.cursor() as cursor:
-            for name in names.values():
-                cursor.execute(f'CREATE DATABASE "{name}"')
-        yield names
-    finally:
-        with admin.cursor() as cursor:
-            for name in names.values():
-                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def base_env(**extra: str) -> dict[str, str]:
