@@ -40,6 +40,11 @@ admin_username = ${MLFLOW_ADMIN_USER:-admin}
 admin_password = ${admin_password}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 grant_default_workspace_access = false
+# A model download is one request per file, each a scrypt password check (~0.1-0.3 s of CPU) without this
+# cache: a retrain's evaluation spent minutes of the server's CPU on it. Successful checks are cached per
+# worker for ${MLFLOW_AUTH_CACHE_TTL_SECONDS:-60} s; a password changed through the API is dropped at once on
+# the worker that handled it, on the others within the TTL (MLflow's own trade-off, basic_auth.ini).
+auth_cache_ttl_seconds = ${MLFLOW_AUTH_CACHE_TTL_SECONDS:-60}
 INI
 
 export MLFLOW_AUTH_CONFIG_PATH="$config"

@@ -28,16 +28,12 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from pipelines.registry import CANDIDATE_TYPE_TAG
 from tests.conftest import REPO, TINY_FORECAST, make_project
 from tests.orchestration.conftest import BIN, Service, base_env, free_port, port_open, running
 from tests.security.conftest import owned_databases
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600),
-              # Known open gap (issue 15): with the auth-enabled servers, the worker's --run-once retrain
-              # (four statsforecast baselines, an ensemble and calibration, every model fetched through the
-              # proxied artifact store) ran past its 420 s bound on 2 busy cores. Skipped rather than left
-              # to fail CI until the run is made cheaper; the servers' own checks run in tests/security.
-              pytest.mark.skip(reason="issue 15 open: the locked-down scaled retrain exceeds its time bound")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MLFLOW_BUCKET, DVC_BUCKET = "seqops-mlflow", "seqops-dvc"
 TWO_VARIANTS = [
@@ -256,7 +252,9 @@ def _assert_registered_with_both_variants(tracking: str) -> None:
     runs = client.search_runs([experiment.experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     parents = {r.info.run_id for r in runs if not r.data.tags.get("mlflow.parentRunId")}
-    assert sorted(r.info.run_name for r in children) == ["gru", "lstm"]
+    by_type = {(r.data.tags.get(CANDIDATE_TYPE_TAG, "variant"), r.info.run_name) for r in children}
+    assert by_type == {("variant", "gru"), ("variant", "lstm"), ("baseline", "naive"),
+                       ("baseline", "seasonal_naive")}, by_type
     assert {r.data.tags["mlflow.parentRunId"] for r in children} <= parents and len(parents) == 1
 
 
