@@ -1,7 +1,7 @@
 # seqops: the project image. One image runs the Prefect worker (the retrain flow), the model
 # servers (`seqops serve TASK`), the bucket init and the deployment registration of docker-compose.yml.
 #   docker build -t seqops .            docker run --rm seqops   (prints `seqops --help`)
-FROM python:3.11-slim
+FROM python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

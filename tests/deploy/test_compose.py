@@ -136,7 +136,7 @@ def test_mlflow_serves_postgres_backed_runs_behind_basic_auth_and_proxies_artifa
 
 def test_prefect_server_keeps_its_state_in_postgres_behind_an_auth_string() -> None:
     service, env = SERVICES["prefect-server"], environment("prefect-server")
-    assert service["entrypoint"] == ["sh", "/deploy/prefect-start.sh"] and command("prefect-server") == ["--host", "0.0.0.0"]
+    assert service["entrypoint"] == ["sh", "/app/deploy/prefect/start.sh"] and command("prefect-server") == ["--host", "0.0.0.0"]
     script = (REPO / "deploy" / "prefect" / "start.sh").read_text()
     assert "exec prefect server start" in script and "PREFECT_SERVER_CSRF_PROTECTION_ENABLED=true" in script
     assert env["PREFECT_DB_USER"] == "prefect" and set(service["secrets"]) == {"prefect_db_password",

@@ -13,7 +13,7 @@ from tests.deploy.support import (
 
 def test_dockerfile_installs_cpu_torch_then_the_hashed_lock_then_the_project_without_dependencies() -> None:
     steps = dockerfile_instructions(REPO / "Dockerfile")
-    assert steps[0] == ("FROM", "python:3.11-slim")
+    assert steps[0][0] == "FROM" and steps[0][1].startswith("python:3.11-slim@sha256:")
     runs = [args for instruction, args in steps if instruction == "RUN"]
     torch = next(i for i, run in enumerate(runs) if "pip install torch==2.13.0" in run)
     lock = next(i for i, run in enumerate(runs) if "-r /tmp/seqops/requirements.lock" in run)
