@@ -14,28 +14,37 @@ fitted on the training split, temperature scaling fitted on the validation split
 holdout before and after.
 
 Targets (issue 11): mean coverage of the 80 % interval within 80 +/- 7 %, of the 95 % within 95 +/- 4 %;
-sentiment ECE after scaling <= 0.03. `OMP_NUM_THREADS=1 python -m bench.intervals` (~4 minutes);
+sentiment ECE after scaling <= 0.03. `OMP_NUM_THREADS=1 python -m bench.intervals` (~2 minutes);
 SERIES=name,name runs a subset. Writes bench/results/intervals.json.
+
+`--quantile` (~5 minutes) compares the two methods on a recurrent network instead: per series, the default
+GRU variant (pipelines/tasks/defaults.py, as derived for that series) and its twin with `quantiles: 19`
+(levels 1/38 .. 37/38, so a 95 % interval needs no tail extrapolation), trained and evaluated through the
+real stages in a throwaway project (bench/quality.py's); the GRU is scored with its conformal intervals,
+the twin with its sample paths, under the same metric keys. Written into intervals.json as `recurrent`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from bench.common import machine, pin_threads
-from bench.quality import SERIES
+from bench.quality import SERIES, project
 
 RESULTS = Path(__file__).resolve().parent / "results" / "intervals.json"
 METHODS = ("seasonal_naive", "auto_theta")
 LEVELS = (80.0, 95.0)
 TARGETS = {80.0: 7.0, 95.0: 4.0}  # level: allowed distance of the mean coverage, in points
+QUANTILES = 19  # --quantile: the twin's outputs per step
 
 
 def run_series(name: str, method: str, workdir: Path) -> dict[str, float]:
@@ -95,6 +104,56 @@ def sentiment_calibration(workdir: Path) -> dict[str, float]:
     return metrics
 
 
+def run_recurrent(root: Path, name: str) -> dict[str, Any]:
+    """Holdout coverage, width and Winkler score of the default GRU (conformal) and its quantile twin (sample paths)."""
+    import yaml
+
+    from pipelines.config import load_params
+    from pipelines.evaluate.stage import evaluate_task
+    from pipelines.prepare.stage import prepare
+    from pipelines.project import metrics_file, params_path
+    from pipelines.tasks.settings import task_spec
+    from pipelines.train.stage import train_task
+
+    started = time.monotonic()
+    prepare(root, name, load_params(root))
+    gru = next(v for v in task_spec(root, name, load_params(root)).variants if v.cell == "gru").model_dump(mode="json")
+    raw = yaml.safe_load(params_path(root).read_text())
+    raw["tasks"][name].update(variants=[gru, {**gru, "name": "gru_quantile", "quantiles": QUANTILES}],
+                              evaluate={"statistical_baselines": [], "ensemble_size": 1})
+    params_path(root).write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = load_params(root)
+    prepare(root, name, params)
+    train_task(root, name, params)
+    evaluate_task(root, name, params)
+    variants = json.loads(metrics_file(root, name).read_text())["variants"]
+    keys = [f"{metric}_{level:g}" for metric in ("coverage", "width", "winkler") for level in LEVELS]
+    scores = {method: {**{k: variants[v][k] for k in keys}, "mase": variants[v]["mase"]}
+              for method, v in (("conformal", "gru"), ("quantile", "gru_quantile"))}
+    return {**scores, "seconds": time.monotonic() - started}
+
+
+def main_quantile() -> None:
+    """--quantile (module docstring): written into intervals.json after each series."""
+    pin_threads()
+    chosen = [s for s in os.environ.get("SERIES", ",".join(SERIES)).split(",") if s]
+    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = project(Path(tmp), chosen, {})
+        for name in chosen:
+            results[name] = r = run_recurrent(root, name)
+            print(f"{name:<28} gru conformal 80 % {r['conformal']['coverage_80']:.1%} 95 % "
+                  f"{r['conformal']['coverage_95']:.1%} | quantile 80 % {r['quantile']['coverage_80']:.1%} 95 % "
+                  f"{r['quantile']['coverage_95']:.1%}  {r['seconds']:.0f} s", flush=True)
+            summary = {f"mean_{method}_{key}": float(np.mean([r[method][key] for r in results.values()]))
+                       for method in ("conformal", "quantile") for key in ("coverage_80", "coverage_95")}
+            RESULTS.write_text(json.dumps({**saved, "recurrent": {
+                "machine": machine(), "threads": 1, "quantiles": QUANTILES, "summary": summary, "series": results}},
+                indent=2, sort_keys=True))
+    print(json.dumps(summary), flush=True)
+
+
 def main() -> None:
     pin_threads()
     chosen = [s for s in os.environ.get("SERIES", ",".join(SERIES)).split(",") if s]
@@ -118,10 +177,12 @@ def main() -> None:
             text = sentiment_calibration(Path(tmp))
         summary.update({f"sentiment_tfidf_{k}": v for k, v in text.items()}, sentiment_ece_within_target=text["ece"] <= 0.03)
     print(json.dumps(summary), flush=True)
+    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": machine(), "threads": 1, "methods": list(METHODS), "summary": summary,
+    RESULTS.write_text(json.dumps({**({"recurrent": saved["recurrent"]} if "recurrent" in saved else {}),
+                                   "machine": machine(), "threads": 1, "methods": list(METHODS), "summary": summary,
                                    "series": results}, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
-    main()
+    main_quantile() if "--quantile" in sys.argv[1:] else main()

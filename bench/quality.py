@@ -10,8 +10,17 @@ champion / best baseline; it writes bench/results/quality.json.
 
 Targets (issue 10): the best recurrent candidate beats the best baseline on >= 6 of 8 series, the
 geometric mean of (best recurrent / best baseline) is <= 0.95, and the champion is never worse than
-the best baseline. `make bench-quality` (OMP_NUM_THREADS=1; ~20 minutes on 2 cores). SERIES=name,name
+the best baseline. `make bench-quality` (OMP_NUM_THREADS=1; about 4 minutes on 2 cores, at most 20). SERIES=name,name
 runs a subset.
+
+`python -m bench.quality --options` is the ablation that chose the `prepare` defaults (issue 10 item 6):
+the recurrent candidates of every series retrained under each entry of OPTIONS (OPTIONS=name,name runs
+a subset), statsforecast baselines off (they do not depend on the option: their MASE is read from
+quality.json), into bench/results/quality_options.json with per series and option the holdout MASE of
+every recurrent candidate, and per option the geometric mean over the series of (its MASE / the
+reference's), for the best recurrent candidate on the holdout and for the one cross-validation chose.
+An option a series cannot take (log of a non-positive target) is recorded with its error and left out
+of that option's means.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import importlib.resources
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +41,21 @@ import pandas as pd
 from bench.common import machine, pin_threads
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality.json"
+OPTIONS_RESULTS = RESULTS.with_name("quality_options.json")
+
+# The prepare options compared by --options: each entry sets all four keys (difference follows its derived
+# default), so an entry means the same whatever SeriesPrepare's defaults are; `reference` is the first.
+_PLAIN = {"transform": "none", "seasonal_difference": False, "smoothing": "none", "scaling": "global"}
+OPTIONS: dict[str, dict] = {
+    "difference": _PLAIN,
+    "log": {**_PLAIN, "transform": "log"},
+    "boxcox": {**_PLAIN, "transform": "boxcox"},
+    "seasonal_difference": {**_PLAIN, "seasonal_difference": True},
+    "window_scaling": {**_PLAIN, "scaling": "window"},
+    "holt_winters": {**_PLAIN, "smoothing": "holt_winters"},
+    "holt_winters_window": {**_PLAIN, "smoothing": "holt_winters", "scaling": "window"},
+    "holt_winters_log": {**_PLAIN, "smoothing": "holt_winters", "transform": "log"},
+}
 
 
 def _co2() -> pd.DataFrame:
@@ -143,26 +168,104 @@ def run_series(root: Path, name: str) -> dict:
             "ratio_champion_to_best_baseline": champion / best_baseline, "seconds": time.monotonic() - started}
 
 
-def main() -> None:
-    pin_threads()
+def project(tmp: Path, chosen: list[str], extra: dict) -> Path:
+    """A throwaway project with one five-line task per series (plus `extra` keys, the same for every
+    series), its data ingested and versioned; SEQOPS_ROOT and MLflow point at it."""
     from pipelines.config import load_params
     from pipelines.data import versioning
     from pipelines.data.ingest import ingest
     from tests.conftest import make_project
 
+    tasks = {name: {"kind": "timeseries", "source": f"sources/{name}.csv", "timestamp": "date",
+                    "target": "value", **SERIES[name][2], **extra} for name in chosen}
+    root = make_project(tmp / "project", tasks)
+    os.environ["SEQOPS_ROOT"] = str(root)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / '.seqops' / 'mlflow.db'}"
+    (root / "sources").mkdir()
+    for name in chosen:
+        SERIES[name][0]().to_csv(root / "sources" / f"{name}.csv", index=False)
+        ingest(name, load_params(root), root)
+    versioning.track(root)
+    return root
+
+
+def run_options(root: Path, name: str) -> dict:
+    """One series' recurrent candidates under the project's prepare options: holdout MASE of each, the
+    best, and the one cross-validation chose."""
+    from pipelines.config import load_params
+    from pipelines.errors import SeqopsError
+    from pipelines.evaluate.stage import evaluate_task
+    from pipelines.prepare.stage import prepare
+    from pipelines.project import metrics_file
+    from pipelines.train.stage import train_task
+
+    params, started = load_params(root), time.monotonic()
+    try:
+        prepare(root, name, params)
+    except SeqopsError as e:
+        return {"error": str(e)}
+    train_task(root, name, params)
+    evaluate_task(root, name, params)
+    metrics = json.loads(metrics_file(root, name).read_text())
+    recurrent = {n: m["mase"] for n, m in metrics["variants"].items()}
+    return {"recurrent_mase": recurrent, "best_recurrent_mase": min(recurrent.values()),
+            "selection_score": {n: m[metrics["selection"].split()[0]] for n, m in metrics["variants"].items()},
+            "cv_chosen": metrics["best_variant"], "cv_chosen_mase": recurrent[metrics["best_variant"]],
+            "seconds": time.monotonic() - started}
+
+
+def main_options() -> None:
+    """The --options ablation (module docstring), written after each series."""
+    pin_threads()
+    chosen = [s for s in os.environ.get("SERIES", ",".join(SERIES)).split(",") if s]
+    names = [o for o in os.environ.get("OPTIONS", ",".join(OPTIONS)).split(",") if o]
+    previous = json.loads(OPTIONS_RESULTS.read_text()) if OPTIONS_RESULTS.exists() else {}
+    results: dict[str, dict] = previous.get("series", {})
+    baselines = json.loads(RESULTS.read_text())["series"]
+    for option in names:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = project(Path(tmp), chosen, {"prepare": OPTIONS[option],
+                                               "evaluate": {"statistical_baselines": []}})
+            for name in chosen:
+                r = results.setdefault(name, {})[option] = run_options(root, name)
+                print(f"{option:<22} {name:<28} " + (f"best {r['best_recurrent_mase']:.3f}  cv {r['cv_chosen']} "
+                      f"{r['cv_chosen_mase']:.3f}  {r['seconds']:.0f} s" if "error" not in r else r["error"]),
+                      flush=True)
+                write_options(results, baselines)
+
+
+def write_options(results: dict, baselines: dict) -> None:
+    """bench/results/quality_options.json: per series and option the recurrent MASEs; per option the
+    geometric means against the reference option and its wins over the best baseline of quality.json."""
+    reference = next(iter(OPTIONS))
+    summary = {}
+    for option in OPTIONS:
+        rows = {s: r[option] for s, r in results.items() if option in r and "error" not in r[option]
+                and reference in r and "error" not in r[reference]}
+        if not rows:
+            continue
+        summary[option] = {
+            "series": len(rows), "not_applicable": sorted(s for s, r in results.items()
+                                                          if option in r and "error" in r[option]),
+            **{f"geometric_mean_ratio_{key}_to_{reference}": float(np.exp(np.mean(
+                [np.log(r[f"{key}_mase"] / results[s][reference][f"{key}_mase"]) for s, r in rows.items()])))
+               for key in ("best_recurrent", "cv_chosen")},
+            "recurrent_wins_over_best_baseline": sum(
+                r["best_recurrent_mase"] < baselines[s]["best_baseline_mase"] for s, r in rows.items()),
+            "geometric_mean_ratio_best_recurrent_to_best_baseline": float(np.exp(np.mean(
+                [np.log(r["best_recurrent_mase"] / baselines[s]["best_baseline_mase"]) for s, r in rows.items()]))),
+        }
+    OPTIONS_RESULTS.write_text(json.dumps({"machine": machine(), "threads": 1, "reference": reference,
+                                           "options": OPTIONS, "summary": summary, "series": results},
+                                          indent=2, sort_keys=True))
+
+
+def main() -> None:
+    pin_threads()
     chosen = [s for s in os.environ.get("SERIES", ",".join(SERIES)).split(",") if s]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        tasks = {name: {"kind": "timeseries", "source": f"sources/{name}.csv", "timestamp": "date",
-                        "target": "value", **SERIES[name][2]} for name in chosen}
-        root = make_project(Path(tmp) / "project", tasks)
-        os.environ["SEQOPS_ROOT"] = str(root)
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / '.seqops' / 'mlflow.db'}"
-        (root / "sources").mkdir()
-        for name in chosen:
-            SERIES[name][0]().to_csv(root / "sources" / f"{name}.csv", index=False)
-            ingest(name, load_params(root), root)
-        versioning.track(root)
+        root = project(Path(tmp), chosen, {})
         for name in chosen:
             results[name] = {"frequency": SERIES[name][1], **run_series(root, name)}
             r = results[name]
@@ -188,4 +291,4 @@ def write(results: dict) -> None:
                                   indent=2, sort_keys=True))
 
 if __name__ == "__main__":
-    main()
+    main_options() if "--options" in sys.argv[1:] else main()

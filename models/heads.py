@@ -7,6 +7,9 @@ activation, kept as plain functions so that TBPTT, validation and diagnostics sc
 (the midpoints of O equal slices of probability, as in QR-DQN), trained with the pinball loss. Its outputs
 are sorted before use, so they are ordered whatever the network emits (rearrangement, Chernozhukov et al.
 2010, never raises the pinball loss); a central interval at level L reads the quantiles (1 -+ L) / 2.
+``quantile_function`` reads the whole distribution from them (to draw from it): linear between the learned
+levels and, beyond the outermost, exponential tails whose slope continues the outermost pair's (the tails
+of a Laplace), so a draw lands past the outermost quantile as often as its level says, never at a wall.
 """
 
 from __future__ import annotations
@@ -29,6 +32,23 @@ def pinball_loss(pred: Tensor, y: Tensor) -> Tensor:
     taus = quantile_levels(pred.shape[-1]).to(pred.device)  # [O]
     error = y.float().unsqueeze(-1) - quantiles  # [..., O]
     return torch.maximum(taus * error, (taus - 1) * error).mean(-1)  # [...]
+
+
+def quantile_function(quantiles: Tensor, u: Tensor) -> Tensor:
+    """The value at probability ``u`` [B] of the distributions whose ascending quantiles at
+    ``quantile_levels(O)`` are ``quantiles`` [B, O] -> [B]: linear between levels, exponential beyond them."""
+    taus = quantile_levels(quantiles.shape[-1]).to(quantiles)  # [O]
+    u = u.to(quantiles).clamp(1e-6, 1.0 - 1e-6)  # [B]: a tail is unbounded at 0 and 1
+    slopes = (quantiles.diff(dim=-1) / taus.diff()).clamp_min(0.0)  # [B, O - 1] dq / dtau per interval
+    right = torch.searchsorted(taus, u.contiguous()).clamp(1, len(taus) - 1)  # [B] upper level of u's interval
+    left = right - 1  # [B]
+    q_left = quantiles.gather(-1, left[:, None])[:, 0]  # [B]
+    inner = q_left + slopes.gather(-1, left[:, None])[:, 0] * (u - taus[left])  # [B]
+    low, high = taus[0], taus[-1]
+    # exponential tails: q(u) = q_0 + b ln(u / tau_0), b = slope_0 * tau_0 (and mirrored at the top)
+    below = quantiles[:, 0] + slopes[:, 0] * low * torch.log(u / low)  # [B]
+    above = quantiles[:, -1] - slopes[:, -1] * (1 - high) * torch.log((1 - u) / (1 - high))  # [B]
+    return torch.where(u < low, below, torch.where(u > high, above, inner))  # [B]
 
 
 def check_head(head: str, output_size: int) -> None:

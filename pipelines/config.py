@@ -20,6 +20,23 @@ from pipelines.evaluate.intervals import DEFAULT_LEVELS, MAX_LEVELS
 from pipelines.project import params_path
 
 
+Transform = Literal["none", "log", "boxcox"]
+Smoothing = Literal["none", "holt_winters"]
+Scaling = Literal["global", "window"]
+
+
+class VariantPrepare(_Strict):
+    """A forecasting variant's own prepare options (README "Forecasting options"): a key left out is the
+    task's `prepare` key. A variant with its own options trains and serves with its own fitted transform,
+    so one run compares them and rolling-origin cross-validation chooses per series."""
+
+    transform: Transform | None = None
+    seasonal_difference: bool | None = None
+    difference: bool | None = None
+    smoothing: Smoothing | None = None
+    scaling: Scaling | None = None
+
+
 class Variant(_Strict):
     """One model configuration trained for a task; each is an MLflow child run."""
 
@@ -42,6 +59,12 @@ class Variant(_Strict):
     # and dropout on the token vectors.
     pooling: Literal["last", "concat"] = "last"
     embedding_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    # Forecasting only. None: a point forecast trained on squared error, served with conformal intervals.
+    # N (3..99): N quantiles of the next value per step trained with the pinball loss; the forecast and its
+    # intervals are read from sample paths (README "Prediction intervals"). many_to_many topology only.
+    quantiles: Annotated[int, Field(ge=3, le=99)] | None = None
+    # Forecasting only: prepare options of this variant's own, over the task's (VariantPrepare).
+    prepare: VariantPrepare | None = None
 
     @model_validator(mode="after")
     def _model_rules(self) -> "Variant":
@@ -74,7 +97,43 @@ class SeriesPrepare(_Strict):
     window: PositiveInt | None = None
     stride: PositiveInt | None = None
     season: PositiveInt | None = None
-    difference: bool = True
+    # What the network reads (pipelines/prepare/features.py SeriesTransform, README "Forecasting options");
+    # the defaults are bench/quality.py's choice (bench/results/quality_options.json).
+    transform: Transform = "none"           # of the target; log / boxcox need it positive
+    seasonal_difference: bool = False       # difference at lag `season` (then first, if difference)
+    difference: bool | None = None          # first differences; None: true unless smoothing is on
+    smoothing: Smoothing = "none"           # hybrid: the network models Holt-Winters' innovations
+    scaling: Scaling = "global"             # window: each input window by its own statistics
+
+    @model_validator(mode="after")
+    def _one_way_to_stationarity(self) -> "SeriesPrepare":
+        if self.smoothing == "holt_winters" and (self.difference or self.seasonal_difference):
+            raise ValueError("prepare.smoothing: holt_winters replaces differencing: leave prepare.difference and "
+                             "prepare.seasonal_difference out (or false)")
+        return self
+
+    @property
+    def lost_steps(self) -> int | None:
+        """Steps a history loses before its first network input (SeriesTransform.lost_steps); None while
+        the season is not derived yet."""
+        if self.season is None:
+            return None
+        if self.smoothing == "holt_winters":
+            return self.season
+        return self.season * (self.seasonal_difference and self.season > 1) + (self.difference is not False)
+
+    def for_variant(self, variant: Variant) -> "SeriesPrepare":
+        """The options `variant` trains and serves with: these, overridden by the variant's own. A variant
+        that turns smoothing on (or off) without saying how to difference gets the derived default: smoothing
+        replaces differencing."""
+        if variant.prepare is None:
+            return self
+        own = variant.prepare.model_dump(exclude_none=True)
+        if "smoothing" in own:
+            own.setdefault("difference", own["smoothing"] == "none")
+            if own["smoothing"] != "none":
+                own.setdefault("seasonal_difference", False)
+        return SeriesPrepare.model_validate({**self.model_dump(), **own})
 
 
 class SeriesEvaluate(_Strict):
@@ -160,9 +219,22 @@ class TimeSeriesTask(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TimeSeriesTask":
-        season, min_history = self.prepare.season, self.serving.min_history
-        if season and min_history and min_history <= season and self.prepare.difference:
-            raise ValueError("serving.min_history must exceed prepare.season when prepare.difference is true")
+        options = [self.prepare]
+        for variant in self.variants or []:
+            try:
+                options.append(self.prepare.for_variant(variant))
+            except ValidationError as e:
+                raise ValueError(f"variants {variant.name!r}: prepare: {e.errors()[0]['msg']}") from None
+        lost, min_history = max((o.lost_steps or 0) for o in options), self.serving.min_history
+        if self.prepare.season and lost and min_history and min_history <= max(self.prepare.season, lost):
+            raise ValueError(f"serving.min_history ({min_history}) must exceed prepare.season ({self.prepare.season}) "
+                             f"and the {lost} steps the prepare options lose before the network's first input "
+                             f"(difference: 1, seasonal_difference and smoothing: a season)")
+        if self.training.mode == "stateful" and (self.prepare.smoothing != "none" or self.prepare.scaling != "global"
+                                                 or any(v.prepare for v in self.variants or [])):
+            raise ValueError("training.mode: stateful reads each series in chunks with the task's one transform: "
+                             "prepare.smoothing, prepare.scaling: window (they need the whole window or series) and "
+                             "a variant's own prepare options need mode: window")
         columns = [self.target, *self.covariates, *self.known_covariates]
         if len(set(columns)) != len(columns):
             raise ValueError(f"target, covariates and known_covariates must name different columns, got {columns}")
@@ -170,6 +242,11 @@ class TimeSeriesTask(_Strict):
         if self.training.mode == "stateful" and topologies != {"many_to_many"}:
             raise ValueError("training.mode: stateful carries each stream's state across batches, which only "
                              "many_to_many does: set every variant's topology to many_to_many, or use mode: window")
+        for variant in self.variants or []:
+            if variant.quantiles and (variant.topology or self.topology) != "many_to_many":
+                raise ValueError(f"variants {variant.name!r}: quantiles needs topology many_to_many (sample paths feed "
+                                 f"each drawn value back); {variant.topology or self.topology} decodes one value per "
+                                 "step: remove quantiles or set the variant's topology to many_to_many")
         if self.known_covariates or self.calendar_features:
             if "encoder_decoder" in topologies:
                 raise ValueError("known_covariates and calendar_features need many_to_many variants: the "
@@ -253,6 +330,12 @@ class TextTask(_Strict):
     def _consistent(self) -> "TextTask":
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels must be unique, got {self.labels}")
+        if quantile := [v.name for v in self.variants if v.quantiles]:
+            raise ValueError(f"variants {quantile}: quantiles is a forecasting option; a text classifier predicts "
+                             "class probabilities: remove it")
+        if own := [v.name for v in self.variants if v.prepare]:
+            raise ValueError(f"variants {own}: prepare is a forecasting option (a variant's own series transforms): "
+                             "remove it")
         return self
 
 

@@ -1,9 +1,10 @@
 """Feature transforms that travel with a model: fitted on the training split, applied at serving.
 
-Series: optional first differencing (CO2 trends out of its training range, a level-trained
-network would have to extrapolate), then standard scaling per feature. The same object turns a
-raw history into network inputs and a network forecast back into raw units, so training,
-evaluation and the REST endpoint cannot drift apart.
+Series (SeriesTransform): a log or Box-Cox target, seasonal and/or first differencing or the
+innovations of an exponential-smoothing filter (the M4 winner's hybrid), then standard scaling per
+feature, optionally per input window; each option a params.yaml `prepare` key (README "Forecasting
+options"). The same object turns a raw history into network inputs and a network forecast back into
+raw units, so training, evaluation and the REST endpoint cannot drift apart.
 
 Text: a tweet-aware tokenizer and a word vocabulary fitted on the training split; the vocabulary (with
 its tokenizer settings) is saved as JSON next to the model so the server encodes text the same way.
@@ -13,6 +14,7 @@ word vocabulary stays here, where models registered before it pickled their refe
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
@@ -20,29 +22,91 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from pipelines.errors import SeqopsError
+
 
 @dataclass(frozen=True)
 class SeriesTransform:
-    """Difference (optional) then standardise; feature 0 is the target, the rest covariates."""
+    """What the network reads of a series, and the way back; feature 0 is the target, the rest covariates.
+
+    In order (each step optional, each fitted on the training segments only):
+    1. `target_transform` on the target: `log`, or `boxcox` with its lambda fitted on the training split
+       (multiplicative seasonality becomes additive; the target must be positive).
+    2. either differencing of every feature, seasonal (lag `season`; none for a season of 1) and/or
+       first, or `smoothing: holt_winters`: the target's one-step innovations against an additive
+       Holt-Winters level and season (additive in log / Box-Cox space is multiplicative in raw units),
+       alpha and gamma fitted on the training split, the states re-run over each history. The network
+       models what exponential smoothing leaves (the M4 winner's hybrid); its forecast is rolled forward
+       through the same filter.
+    3. standard scaling per feature with the training statistics (`mean`, `std`), then with `scaling:
+       window` each input window is normalised again by its own last `window` steps (RevIN-style) and
+       the forecast de-normalised by the same statistics, so a level never seen in training looks familiar.
+
+    Fields after `std` were added later; a transform.json without them loads as step 3's global scaling
+    after optional first differencing, as every model registered before them was trained.
+    """
 
     columns: tuple[str, ...]
     difference: bool
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    target_transform: str = "none"          # none | log | boxcox
+    boxcox_lambda: float = 1.0
+    season: int = 1
+    seasonal_difference: bool = False
+    smoothing: str = "none"                 # none | holt_winters
+    alpha: float = 0.0
+    gamma: float = 0.0
+    scaling: str = "global"                 # global | window
+    window: int = 0
 
     @classmethod
-    def fit(cls, train_values: list[np.ndarray], columns: list[str], difference: bool) -> "SeriesTransform":
-        """Fit on the training segments of every series ([T, F] each), never on validation or holdout."""
-        parts = [np.diff(v, axis=0) if difference else v for v in train_values]
-        stacked = np.concatenate(parts, axis=0)
-        mean = stacked.mean(axis=0)
-        std = stacked.std(axis=0)
+    def fit(cls, train_values: list[np.ndarray], columns: list[str], difference: bool, *,
+            target_transform: str = "none", season: int = 1, seasonal_difference: bool = False,
+            smoothing: str = "none", scaling: str = "global", window: int = 0,
+            series_ids: Sequence[str] | None = None) -> "SeriesTransform":
+        """Fit on the training segments of every series ([T, F] each), never on validation or holdout.
+
+        Raises TransformError when log / Box-Cox meets a non-positive target (naming the series and the
+        value) or smoothing meets a training segment shorter than two seasons.
+        """
+        if smoothing == "holt_winters" and (difference or seasonal_difference):
+            raise TransformError("smoothing: holt_winters replaces differencing: set prepare.difference and "
+                                 "prepare.seasonal_difference to false")
+        ids = list(series_ids) if series_ids is not None else [str(i) for i in range(len(train_values))]
+        targets = [np.asarray(v, dtype=np.float64)[:, 0] for v in train_values]
+        if target_transform != "none":
+            for sid, target in zip(ids, targets):
+                bad = np.flatnonzero(target <= 0)
+                if len(bad):
+                    raise TransformError(
+                        f"prepare.transform: {target_transform} needs a positive target, but series {sid!r} has "
+                        f"{target[bad[0]]:g} at training step {int(bad[0]) + 1}: use prepare.transform: none")
+        lam = 1.0
+        if target_transform == "boxcox":
+            from scipy.stats import boxcox_normmax
+
+            lam = float(np.clip(boxcox_normmax(np.concatenate(targets), method="mle"), *BOXCOX_BOUNDS))
+        alpha = gamma = 0.0
+        if smoothing == "holt_winters":
+            short = [sid for sid, t in zip(ids, targets) if len(t) < smoothing_min_steps(season)]
+            if short:
+                raise TransformError(f"prepare.smoothing: holt_winters needs {smoothing_min_steps(season)} training "
+                                     f"steps (two seasons and two more); series {short[0]!r} has fewer: use "
+                                     f"prepare.smoothing: none")
+            alpha, gamma = _fit_smoothing([_power(t, target_transform, lam) for t in targets], season)
+        unscaled = cls(tuple(columns), difference, (0.0,) * len(columns), (1.0,) * len(columns), target_transform,
+                       lam, season, seasonal_difference and season > 1, smoothing, alpha, gamma)
+        stacked = np.concatenate([unscaled.encode(np.asarray(v, dtype=np.float64)) for v in train_values], axis=0)
+        mean, std = stacked.mean(axis=0), stacked.std(axis=0)
         std = np.where(std > 1e-12, std, 1.0)
-        return cls(tuple(columns), difference, tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        return dataclasses.replace(unscaled, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
+                                   scaling=scaling, window=int(window))
 
     @property
     def num_features(self) -> int:
@@ -50,20 +114,97 @@ class SeriesTransform:
 
     @property
     def lost_steps(self) -> int:
-        """Steps a history loses to differencing."""
-        return 1 if self.difference else 0
+        """Steps a history loses before its first network input: to differencing, or to the first season
+        that initialises exponential smoothing."""
+        if self.smoothing == "holt_winters":
+            return self.season
+        return (self.season if self.seasonal_difference else 0) + (1 if self.difference else 0)
 
-    def to_inputs(self, values: np.ndarray) -> np.ndarray:
-        """Raw [T, F] -> network space [T - lost_steps, F]."""
+    @property
+    def positive(self) -> bool:
+        """Whether the target must be positive (log / Box-Cox)."""
+        return self.target_transform != "none"
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """Raw [T, F] -> network space [T - lost_steps, F] with the global scaling only (no window scaling)."""
         values = np.asarray(values, dtype=np.float64)
-        if self.difference:
-            values = np.diff(values, axis=0)
+        if len(values) <= self.lost_steps:
+            return np.empty((0, values.shape[1]), np.float32)
+        values = values.copy()
+        values[:, 0] = _power(values[:, 0], self.target_transform, self.boxcox_lambda)
+        m = self.season
+        if self.smoothing == "holt_winters":
+            innovations = _smooth(values[:, 0], m, self.alpha, self.gamma)[0]  # [T - m]
+            values = np.column_stack([innovations, values[m:, 1:]])  # [T - m, F]
+        else:
+            if self.seasonal_difference:
+                values = values[m:] - values[:-m]  # [T - m, F]
+            if self.difference:
+                values = np.diff(values, axis=0)  # [T' - 1, F]
         return ((values - np.asarray(self.mean)) / np.asarray(self.std)).astype(np.float32)
 
-    def to_target(self, predicted: np.ndarray, last_value: float) -> np.ndarray:
-        """Network-space target predictions [H] -> raw units, continuing from the last observed value."""
-        raw = np.asarray(predicted, dtype=np.float64) * self.std[0] + self.mean[0]
-        return last_value + np.cumsum(raw) if self.difference else raw
+    def window_stats(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-feature mean and std [F] of the last `window` rows of network-space z [T', F] (std guarded)."""
+        part = np.asarray(z, dtype=np.float64)[-self.window:] if self.window else np.asarray(z, dtype=np.float64)
+        std = part.std(axis=0)
+        return part.mean(axis=0), np.where(std > 1e-6, std, 1.0)
+
+    def to_inputs(self, values: np.ndarray, context: int | None = None) -> np.ndarray:
+        """Raw [T, F] -> network space [T - lost_steps, F].
+
+        With `scaling: window` every feature is normalised by the statistics of the `window` network steps
+        ending at raw row `context` (default: the last row; a caller that appends future rows passes the
+        history's length so the statistics never see them).
+        """
+        z = self.encode(values)  # [T', F]
+        if self.scaling != "window":
+            return z
+        end = len(z) if context is None else max(1, context - self.lost_steps)
+        mean, std = self.window_stats(z[:end])
+        return ((z - mean) / std).astype(np.float32)
+
+    def scale_windows(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Training pairs in global network space, x [N, W, F] and y [N, S, 1], each normalised by its own
+        input window's statistics (identity under `scaling: global`), as to_inputs does at serving."""
+        if self.scaling != "window" or len(x) == 0:
+            return x, y
+        part = x[:, -self.window:] if self.window else x  # [N, W', F]
+        mean = part.mean(axis=1, keepdims=True)  # [N, 1, F]
+        std = part.std(axis=1, keepdims=True)
+        std = np.where(std > 1e-6, std, 1.0)  # [N, 1, F]
+        return ((x - mean) / std).astype(np.float32), ((y - mean[..., :1]) / std[..., :1]).astype(np.float32)
+
+    def to_target(self, predicted: np.ndarray, history: np.ndarray) -> np.ndarray:
+        """Network-space target predictions [H] (or sample paths [N, H]) -> raw units of the same shape,
+        continuing the raw target `history` [T] the network read: its last values, last season or smoothing
+        states, and window statistics, computed once for every path."""
+        history = np.asarray(history, dtype=np.float64)
+        r = np.asarray(predicted, dtype=np.float64)  # [..., H]
+        if self.scaling == "window":
+            single = dataclasses.replace(self, columns=self.columns[:1], mean=self.mean[:1], std=self.std[:1])
+            mean, std = self.window_stats(single.encode(history[:, None]))
+            r = r * std[0] + mean[0]
+        r = r * self.std[0] + self.mean[0]
+        u = _power(history, self.target_transform, self.boxcox_lambda)  # [T]
+        m, future = self.season, np.empty_like(r)  # [..., H]
+        if self.smoothing == "holt_winters":
+            _, last_level, last_seasonal = _smooth(u, m, self.alpha, self.gamma)
+            level = np.full(r.shape[:-1], float(last_level))  # [...]
+            seasonal = np.broadcast_to(last_seasonal, (*r.shape[:-1], m)).copy()  # [..., m]
+            for h in range(r.shape[-1]):
+                i = (len(u) + h) % m
+                future[..., h] = level + seasonal[..., i] + r[..., h]
+                level, seasonal[..., i] = _update(level, seasonal[..., i], r[..., h], future[..., h],
+                                                  self.alpha, self.gamma)
+        else:
+            base = u[m:] - u[:-m] if self.seasonal_difference else u
+            steps = base[-1] + np.cumsum(r, axis=-1) if self.difference else r  # [..., H]
+            if self.seasonal_difference:
+                for h in range(r.shape[-1]):
+                    future[..., h] = steps[..., h] + (u[len(u) + h - m] if h < m else future[..., h - m])
+            else:
+                future = steps
+        return _unpower(future, self.target_transform, self.boxcox_lambda)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -71,7 +212,81 @@ class SeriesTransform:
     @classmethod
     def load(cls, path: Path) -> "SeriesTransform":
         raw = json.loads(Path(path).read_text())
-        return cls(tuple(raw["columns"]), raw["difference"], tuple(raw["mean"]), tuple(raw["std"]))
+        later = {f.name: raw[f.name] for f in dataclasses.fields(cls)[4:] if f.name in raw}
+        return cls(tuple(raw["columns"]), raw["difference"], tuple(raw["mean"]), tuple(raw["std"]), **later)
+
+
+class TransformError(SeqopsError, ValueError):
+    """A prepare option the training data cannot take (a log of a non-positive target, too short a series)."""
+
+
+# Box-Cox lambdas beyond these overflow the inverse on forecasts past the training range.
+BOXCOX_BOUNDS = (-1.0, 2.0)
+# Smoothing parameters searched (one pair for every series of a task, least squares of the one-step innovations).
+ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+GAMMAS = (0.01, 0.05, 0.1, 0.2, 0.4)
+
+
+def smoothing_min_steps(season: int) -> int:
+    """Training steps a series needs for `smoothing: holt_winters`: a season to start the states on, a
+    season of transient the fit skips, and two innovations to fit on."""
+    return 2 * season + 2
+
+
+def _power(y: np.ndarray, kind: str, lam: float) -> np.ndarray:
+    """The target transform: y [T] -> log(y), Box-Cox(y; lam), or y."""
+    if kind == "log":
+        return np.log(y)
+    if kind == "boxcox":
+        return np.log(y) if abs(lam) < 1e-9 else (np.power(y, lam) - 1.0) / lam
+    return y
+
+
+def _unpower(w: np.ndarray, kind: str, lam: float) -> np.ndarray:
+    """The inverse of `_power` [H], clipped where a forecast leaves the transform's range."""
+    if kind == "log":
+        return np.exp(np.minimum(w, 700.0))
+    if kind == "boxcox":
+        if abs(lam) < 1e-9:
+            return np.exp(np.minimum(w, 700.0))
+        return np.power(np.maximum(lam * w + 1.0, 1e-12), 1.0 / lam)
+    return w
+
+
+def _update(level: Any, seasonal: Any, innovation: Any, value: Any, alpha: Any, gamma: Any) -> tuple[Any, Any]:
+    """One additive Holt-Winters step after observing `value` with one-step error `innovation`."""
+    level = level + alpha * innovation
+    return level, seasonal + gamma * (value - level - seasonal)
+
+
+def _smooth(u: np.ndarray, m: int, alpha: Any, gamma: Any) -> tuple[np.ndarray, Any, np.ndarray]:
+    """Additive Holt-Winters without trend over u [T] (T > m), initialised on its first season; alpha and
+    gamma scalars or arrays [K] of candidates. Returns the one-step innovations [T - m] (or [K, T - m]), the
+    last level and the seasonal indices by position t % m ([m] or [K, m])."""
+    alpha, gamma = np.asarray(alpha, dtype=np.float64), np.asarray(gamma, dtype=np.float64)
+    gamma = gamma if m > 1 else np.zeros_like(gamma)
+    level = np.full(alpha.shape, u[:m].mean())  # [] or [K]
+    seasonal = np.broadcast_to(u[:m] - u[:m].mean(), (*alpha.shape, m)).copy()  # [m] or [K, m]
+    innovations = np.empty((*alpha.shape, len(u) - m))
+    for t in range(m, len(u)):
+        i = t % m
+        e = u[t] - level - seasonal[..., i]
+        innovations[..., t - m] = e
+        level, seasonal[..., i] = _update(level, seasonal[..., i], e, u[t], alpha, gamma)
+    return innovations, level, seasonal
+
+
+def _fit_smoothing(targets: list[np.ndarray], m: int) -> tuple[float, float]:
+    """(alpha, gamma) minimising the squared one-step innovations over every training target [T] after
+    its first two seasons (the initialisation's transient)."""
+    grid = [(a, g) for a in ALPHAS for g in (GAMMAS if m > 1 else (0.0,))]
+    alphas, gammas = np.array([a for a, _ in grid]), np.array([g for _, g in grid])  # [K]
+    loss = np.zeros(len(grid))
+    for u in targets:
+        innovations = _smooth(u, m, alphas, gammas)[0]  # [K, T - m]
+        loss += np.sum(innovations[:, m:] ** 2, axis=1)
+    best = int(np.argmin(loss))
+    return float(alphas[best]), float(gammas[best])
 
 
 def seasonal_naive(history: np.ndarray, horizon: int, season: int) -> np.ndarray:

@@ -31,9 +31,13 @@ from pipelines.data.calendar import to_utc_naive
 from pipelines.evaluate.intervals import (
     CONFORMAL,
     DEFAULT_LEVELS,
+    PATH_SEED,
+    SAMPLE_PATHS,
     ConformalIntervals,
     LevelError,
+    describe_quantiles,
     parse_levels,
+    path_forecast,
     read_calibration,
 )
 from pipelines.prepare.features import SeriesTransform
@@ -111,7 +115,8 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
     task's calendar; a model with calendar features needs it. A known covariate (known_covariates in
     params.yaml) sends its history like any covariate plus `future_<name>`: one value per horizon step.
     `params.level` (default serving.levels) lists the coverage levels of the `intervals` each prediction
-    carries: conformal, from the calibration evaluate wrote into the model (pipelines/evaluate/intervals.py).
+    carries: conformal, from the calibration evaluate wrote into the model (pipelines/evaluate/intervals.py); a
+    quantile variant's from its own sample paths, whose median is then the forecast.
     """
 
     batching: ClassVar[bool] = True  # prepare / predict_prepared: the gateway scores requests together
@@ -120,6 +125,8 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         torch.set_num_threads(1)
         self.network, spec = self._load_predictor(context)
         self.stepper = stepper_for(self.network)  # None: not one steppable network (a baseline, an ensemble)
+        # a quantile variant (several outputs per step): forecast and intervals from sample paths
+        self.quantiles = self.stepper.outputs if self.stepper is not None and self.stepper.outputs > 1 else None
         self.transform = SeriesTransform.load(Path(context.artifacts["transform"]))
         self.limits = spec["serving"]
         self.version = registered_version(spec.get("run_id"))
@@ -128,8 +135,10 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         self.past = [c for c in self.transform.columns[1:] if not c.endswith(LEAD)]
         self.known = list(self.future.known) if self.future else []
         calibration = read_calibration(Path(context.artifacts["spec"]))
-        self.intervals = ConformalIntervals(calibration) if calibration and calibration["method"] == CONFORMAL else None
-        self.uncertainty = {"intervals": self.intervals.describe() if self.intervals else
+        conformal = calibration and calibration["method"] == CONFORMAL and not self.quantiles
+        self.intervals = ConformalIntervals(calibration) if conformal else None
+        self.uncertainty = {"intervals": describe_quantiles(self.quantiles) if self.quantiles else
+                            self.intervals.describe() if self.intervals else
                             "none: this model was logged without a calibration (evaluate writes one)"}
 
     def _load_predictor(self, context: Any) -> tuple[Any, dict[str, Any]]:
@@ -166,6 +175,9 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
             raise bad_input(f"record {index}: history has {length} values; at least {self.limits['min_history']} are needed")
         if length > self.limits["max_history"]:
             raise bad_input(f"record {index}: history has {length} values; at most {self.limits['max_history']} are accepted")
+        if self.transform.positive and (series["history"] <= 0).any():
+            raise bad_input(f"record {index}: field 'history' must be positive: this model forecasts the "
+                            f"{self.transform.target_transform} of its target (prepare.transform)")
         return series
 
     def _future(self, row: dict[str, Any], index: int, horizon: int) -> dict[str, np.ndarray]:
@@ -210,12 +222,13 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
 
     def _levels(self, params: dict[str, Any] | None) -> list[float]:
         """The requested coverage levels (serving.levels when none are sent). A model without a calibration
-        (only between train and evaluate: every registered one has it) validates them and draws none."""
+        (only between train and evaluate: every registered one has it) validates them and draws none; a quantile
+        variant draws its own."""
         try:
             levels = parse_levels((params or {}).get("level", self.limits.get("levels", DEFAULT_LEVELS)))
         except LevelError as e:
             raise bad_input(str(e)) from None
-        return levels if self.intervals else []
+        return levels if self.intervals or self.quantiles else []
 
     def _inputs(self, history: dict[str, np.ndarray], future: dict[str, np.ndarray], last: pd.Timestamp | None,
                 horizon: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -228,7 +241,8 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
             return self.transform.to_inputs(raw), None  # [T', F]
         held = np.repeat(raw[-1:], horizon - 1, axis=0)  # [H - 1, 1 + P]
         lead = self.future.request_lead(last, {k: history[k] for k in self.known}, future, length, horizon)  # [T + H - 1, L]
-        z = self.transform.to_inputs(np.concatenate([np.concatenate([raw, held]), lead], axis=1))  # [T' + H - 1, F]
+        z = self.transform.to_inputs(np.concatenate([np.concatenate([raw, held]), lead], axis=1),
+                                     context=length)  # [T' + H - 1, F], window statistics of the history only
         split = length - self.transform.lost_steps
         past, ahead = z[:split], z[split:].copy()  # [T', F], [H - 1, F]
         ahead[:, 1:1 + len(self.past)] = past[-1, 1:1 + len(self.past)]
@@ -237,12 +251,15 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
     def _forecast(self, history: dict[str, np.ndarray], future: dict[str, np.ndarray], last: pd.Timestamp | None,
                   horizon: int) -> np.ndarray:
         """Raw-unit forecast [H] of one record by the network's own forecast: what an ensemble calls on its
-        members, and what a network the batched stepper cannot run (models/inference.py) falls back to."""
+        members, and what a network the batched stepper cannot run (models/inference.py) falls back to. A quantile
+        variant's is the median of its sample paths."""
+        if self.quantiles:
+            return self._sampled([ForecastRow("", history, future, last, horizon, [])], None)[0][0]
         past, ahead = self._inputs(history, future, last, horizon)
         with torch.no_grad():
             predicted = self.network.forecast(torch.from_numpy(past).unsqueeze(0), horizon,
                                               None if ahead is None else torch.from_numpy(ahead).unsqueeze(0))  # [1, H, 1]
-        return self.transform.to_target(predicted[0, :, 0].numpy(), float(history["history"][-1]))
+        return self.transform.to_target(predicted[0, :, 0].numpy(), history["history"])
 
     def _forecast_rows(self, rows: list[ForecastRow], deadline: float | None) -> list[np.ndarray]:
         """Raw-unit forecasts [h_i] of many records: stepped together, one forward per horizon step
@@ -259,7 +276,19 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         predicted = self.stepper.forecast([torch.from_numpy(past) for past, _ in inputs], [r.horizon for r in rows],
                                           [None if ahead is None else torch.from_numpy(ahead) for _, ahead in inputs],
                                           deadline)  # [h_i] per row
-        return [self.transform.to_target(p.numpy(), float(r.history["history"][-1])) for p, r in zip(predicted, rows)]
+        return [self.transform.to_target(p.numpy(), r.history["history"]) for p, r in zip(predicted, rows)]
+
+    def _sampled(self, rows: list[ForecastRow], deadline: float | None) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        """(forecast [h_i], intervals at the row's levels) of many records by a quantile variant: SAMPLE_PATHS
+        paths each, stepped together (models/inference.py), brought to raw units path by path, so differencing
+        and scaling act on whole paths, then their per-step median and empirical quantiles."""
+        inputs = [self._inputs(r.history, r.future, r.last, r.horizon) for r in rows]
+        paths = self.stepper.sample_paths([torch.from_numpy(past) for past, _ in inputs], [r.horizon for r in rows],
+                                          SAMPLE_PATHS, PATH_SEED,
+                                          [None if ahead is None else torch.from_numpy(ahead) for _, ahead in inputs],
+                                          deadline)  # [N, h_i] per row, network space
+        return [path_forecast(np.stack([self.transform.to_target(path, r.history["history"]) for path in p.numpy()]),
+                              r.levels) for p, r in zip(paths, rows)]  # per row: paths [N, h_i] raw -> (median, bands)
 
     def prepare(self, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Prepared:
         """Validate a request whole (every record, its params) into rows ready to forecast beside others."""
@@ -277,13 +306,18 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
 
     def predict_prepared(self, requests: list[Prepared], deadline: float | None = None) -> list[list[dict[str, Any]]]:
         """The records of every request, forecast together; each request's predictions, in order."""
-        forecasts = iter(self._forecast_rows([row for r in requests for row in r.rows], deadline))
-        return [[self._result(row, next(forecasts)) for row in r.rows] for r in requests]
+        rows = [row for r in requests for row in r.rows]
+        if self.quantiles:
+            answers = iter(self._sampled(rows, deadline))
+        else:
+            answers = iter((f, self.intervals.bounds(f, row.history["history"], row.levels) if row.levels else {})
+                           for f, row in zip(self._forecast_rows(rows, deadline), rows))
+        return [[self._result(row, *next(answers)) for row in r.rows] for r in requests]
 
-    def _result(self, row: ForecastRow, forecast: np.ndarray) -> dict[str, Any]:
+    def _result(self, row: ForecastRow, forecast: np.ndarray, intervals: dict[str, Any]) -> dict[str, Any]:
         result = {"series_id": row.series_id, "forecast": [float(v) for v in forecast], "model_version": self.version}
         if row.levels:
-            result["intervals"] = self.intervals.bounds(forecast, row.history["history"], row.levels)
+            result["intervals"] = intervals
         if row.last is not None:
             result["timestamps"] = [t.isoformat() for t in self.future.horizon_stamps(row.last, row.horizon)]
         return result

@@ -102,9 +102,11 @@ class TaskKind(Protocol):
         """Load what `pretrain` left into a variant's fresh network; returns the loaded tensor names."""
         ...
 
-    def log_model(self, prepared: Path, directory: Path, network: SequenceModel, config: dict[str, Any]) -> str:
+    def log_model(self, prepared: Path, directory: Path, network: SequenceModel, config: dict[str, Any],
+                  variant: Variant | None = None) -> str:
         """Log the pyfunc users will be served (network, fitted transforms, signature, input example)
-        to the active MLflow run, staging files in `directory`; returns its model URI."""
+        to the active MLflow run, staging files in `directory`; returns its model URI. `variant` (the
+        one trained) picks its own fitted transforms where it has them (series: its prepare options)."""
         ...
 
     def score(self, frame: pd.DataFrame, model: Any, segment: str) -> Scored:

@@ -15,13 +15,16 @@ horizon         M4's horizons where one exists (6 years, 8 quarters, 18 months, 
 holdout         two horizons (at least one season), at most a fifth of the shortest series
 validation      as holdout
 origin_stride   half a horizon
-min_history     one season + 1 (differencing loses a step), at least MIN_HISTORY
+difference      true unless prepare.smoothing is on (smoothing replaces differencing)
+min_history     one more than a season and than the steps any variant's prepare options lose (differencing
+                1, seasonal differencing a season + 1 with differencing, smoothing a season); at least MIN_HISTORY
 window          four seasons or four horizons (at least 32), at most MAX_WINDOW and the training split
 stride          an eighth of the window
 k1, k2          k1 one season, k2 two (k1 at least 8); at most the window, MAX_K1 and MAX_K2
 max_epochs      enough epochs for about TARGET_BATCHES batches, between MIN_EPOCHS and MAX_EPOCHS
 serving         default_horizon = horizon, max_horizon = 20 horizons
-variants        `default_variants`: the family every new task trains (chosen by bench/quality.py)
+variants        `default_variants`: the family every new task trains (chosen by bench/quality.py); its
+                hybrid variant only when the training split holds `smoothing_min_steps(season)` steps
 
 A text task derives one setting the same way, `text_epochs` at the end of this file (the rest of a
 five-line text task is TextTask's fixed defaults, chosen by bench/text_quality.py).
@@ -37,9 +40,10 @@ import pandas as pd
 from pandas.tseries import offsets
 from pandas.tseries.frequencies import to_offset
 
-from pipelines.config import TimeSeriesTask, Variant
+from pipelines.config import SeriesPrepare, TimeSeriesTask, Variant, VariantPrepare
 from pipelines.data.calendar import infer_frequency
 from pipelines.data.validate import InvalidDataError
+from pipelines.prepare.features import smoothing_min_steps
 
 MAX_HORIZON = 200
 MIN_HISTORY = 8
@@ -74,11 +78,19 @@ def season_and_horizon(freq: str) -> tuple[int, int]:
     return max(1, season), max(1, horizon)
 
 
-def default_variants(k1: int, k2: int) -> list[Variant]:
+def default_variants(k1: int, k2: int, hybrid: bool = True) -> list[Variant]:
     """The family of variants a task without `variants:` trains. One function, so the benchmark
-    (bench/quality.py) that chooses the family changes it here and nowhere else."""
-    return [Variant(name="lstm", cell="lstm", hidden_size=32, k1=k1, k2=k2, lr=0.005),
-            Variant(name="gru", cell="gru", hidden_size=32, k1=k1, k2=k2, lr=0.005)]
+    (bench/quality.py) that chooses the family changes it here and nowhere else.
+
+    `hybrid` reads the innovations of a Holt-Winters filter (its own transform, VariantPrepare) instead of
+    first differences: bench/quality.py --options found it far better on the yearly series and worse on
+    the seasonal ones than differencing, so it is a candidate of its own and cross-validation chooses.
+    `hybrid=False` (a training split too short to fit the smoothing on) leaves it out.
+    """
+    family = [Variant(name="lstm", cell="lstm", hidden_size=32, k1=k1, k2=k2, lr=0.005),
+              Variant(name="gru", cell="gru", hidden_size=32, k1=k1, k2=k2, lr=0.005)]
+    return family + ([Variant(name="hybrid", cell="gru", hidden_size=32, k1=k1, k2=k2, lr=0.005,
+                              prepare=VariantPrepare(smoothing="holt_winters"))] if hybrid else [])
 
 
 def task_frequency(spec: TimeSeriesTask, raw: pd.DataFrame) -> str:
@@ -134,7 +146,7 @@ def resolve(spec: TimeSeriesTask, raw: pd.DataFrame) -> tuple[TimeSeriesTask, di
                                                            max(horizon, shortest // 5)))
     pick(prepare, "prepare", "validation", holdout)
     pick(evaluate, "evaluate", "origin_stride", max(1, horizon // 2))
-    pick(serving, "serving", "min_history", max(season + 1, MIN_HISTORY))
+    pick(prepare, "prepare", "difference", prepare["smoothing"] == "none")
     n_train = shortest - prepare["holdout"] - prepare["validation"]
     window = pick(prepare, "prepare", "window",
                   _bounded(max(4 * season, 4 * horizon, MIN_WINDOW), 2, min(MAX_WINDOW, max(2, n_train - 1))))
@@ -147,8 +159,12 @@ def resolve(spec: TimeSeriesTask, raw: pd.DataFrame) -> tuple[TimeSeriesTask, di
     variants = spec.variants
     if variants is None:
         k1 = _bounded(season, MIN_K1, min(MAX_K1, window))
-        variants = default_variants(k1, _bounded(2 * season, k1, min(MAX_K2, window)))
+        variants = default_variants(k1, _bounded(2 * season, k1, min(MAX_K2, window)),
+                                    hybrid=n_train >= smoothing_min_steps(season))
         derived["variants"] = ", ".join(f"{v.name} (k1 {v.k1}, k2 {v.k2})" for v in variants)
+    options = SeriesPrepare.model_validate(prepare)
+    lost = max(options.for_variant(v).lost_steps for v in variants)
+    pick(serving, "serving", "min_history", max(season + 1, lost + 1, MIN_HISTORY))
     resolved = TimeSeriesTask.model_validate({
         **spec.model_dump(exclude={"variants"}), **top, "prepare": prepare, "evaluate": evaluate,
         "serving": serving, "training": training, "variants": [v.model_dump() for v in variants]})

@@ -150,8 +150,10 @@ class TextKind:
 
         return warm_start(network, variant, pretrained_dir(root, task))
 
-    def log_model(self, prepared: Path, directory: Path, network: SequenceModel, config: dict[str, Any]) -> str:
-        """The sentiment pyfunc, carrying the fitted encoder so the server encodes text as training did."""
+    def log_model(self, prepared: Path, directory: Path, network: SequenceModel, config: dict[str, Any],
+                  variant: Variant | None = None) -> str:
+        """The sentiment pyfunc, carrying the fitted encoder so the server encodes text as training did
+        (one encoder for every variant)."""
         from pipelines.prepare.text import encoder_path
         from pipelines.serving.pyfunc import log_pyfunc
         from pipelines.serving.sentiment import SentimentModel, sentiment_signature

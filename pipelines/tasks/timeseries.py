@@ -154,22 +154,33 @@ class TimeSeriesKind:
             series = pd.concat([series, pd.concat([self.future.training_columns(g) for _, g in
                                                    series.groupby("series_id", sort=False)])], axis=1)
         columns = self.network_columns
-        train_values = [g.loc[g["split"] == "train", columns].to_numpy()
-                        for _, g in series.groupby("series_id", sort=False)]
-        transform = SeriesTransform.fit(train_values, columns, self.spec.prepare.difference)
+        groups = list(series.groupby("series_id", sort=False))
+        train = [g.loc[g["split"] == "train", columns].to_numpy() for _, g in groups]
+        options_by_file = {TRANSFORM_FILE: self.spec.prepare,
+                           **{self.transform_file(v): self.spec.prepare.for_variant(v) for v in self.spec.variants}}
+        for file, options in options_by_file.items():
+            SeriesTransform.fit(train, columns, bool(options.difference), target_transform=options.transform,
+                                season=options.season, seasonal_difference=options.seasonal_difference,
+                                smoothing=options.smoothing, scaling=options.scaling, window=options.window,
+                                series_ids=[str(sid) for sid, _ in groups]).save(prepared / file)
         write_atomic(series, prepared / SERIES_FILE)
-        transform.save(prepared / TRANSFORM_FILE)
         write_counts(series.groupby(["series_id", "split"], sort=False).size().unstack(fill_value=0),
                      prepared / "splits.json")
 
     def load_prepared(self, prepared: Path) -> pd.DataFrame:
         return pd.read_parquet(prepared / SERIES_FILE)
 
+    @staticmethod
+    def transform_file(variant: Variant | None) -> str:
+        """The prepared transform `variant` trains and serves with: the task's, or its own when it sets
+        prepare options of its own (`transform-<variant>.json`, fitted beside the task's)."""
+        return TRANSFORM_FILE if variant is None or variant.prepare is None else f"transform-{variant.name}.json"
+
     def datamodule(self, prepared: Path, variant: Variant) -> SeriesDataModule | StatefulSeriesDataModule:
         from pipelines.train.datamodules import SeriesDataModule
 
         spec = self.spec
-        key = (prepared, variant.topology or spec.topology)
+        key = (prepared, variant.topology or spec.topology, self.transform_file(variant))
         if key not in self._datamodules:
             if spec.training.mode == "stateful":
                 from pipelines.train.streaming import StatefulSeriesDataModule
@@ -177,14 +188,16 @@ class TimeSeriesKind:
                 dm = StatefulSeriesDataModule(prepared, spec.prepare.window, spec.training.batch_size)
             else:
                 dm = SeriesDataModule(prepared, key[1], spec.prepare.window, spec.prepare.stride,
-                                      spec.training.batch_size, spec.evaluate.horizon)
+                                      spec.training.batch_size, spec.evaluate.horizon, key[2])
             dm.setup("fit")
             self._datamodules[key] = dm
         return self._datamodules[key]
 
     def model_config(self, variant: Variant, params: Params, datamodule: SeriesDataModule) -> dict[str, Any]:
+        """One next value per step, or `variant.quantiles` quantiles of it (the pinball loss, models/heads.py)."""
         return {**shared_model_config(variant, self.spec, params), "input_size": datamodule.transform.num_features,
-                "head": "regression", "output_size": 1, "vocab_size": None, "embedding_dim": None}
+                "head": "quantile" if variant.quantiles else "regression", "output_size": variant.quantiles or 1,
+                "vocab_size": None, "embedding_dim": None}
 
     def pretrain(self, root: Path, task: str, params: Params) -> dict[str, Any] | None:
         """Series variants start from scratch: nothing to pretrain."""
@@ -193,13 +206,15 @@ class TimeSeriesKind:
     def warm_start(self, root: Path, task: str, network: SequenceModel, variant: Variant) -> list[str]:
         return []
 
-    def log_model(self, prepared: Path, directory: Path, network: SequenceModel, config: dict[str, Any]) -> str:
-        """The forecast pyfunc, its example a first stretch of the first series (twice min_history at most)."""
+    def log_model(self, prepared: Path, directory: Path, network: SequenceModel, config: dict[str, Any],
+                  variant: Variant | None = None) -> str:
+        """The forecast pyfunc with `variant`'s transform, its example a first stretch of the first series
+        (twice min_history at most)."""
         from pipelines.serving.pyfunc import ForecastModel, log_pyfunc
 
         signature, example = self._contract(prepared)
         return log_pyfunc(directory, ForecastModel(), network, {"model": config, **self._served_spec()},
-                          {"transform": prepared / TRANSFORM_FILE}, signature, example)
+                          {"transform": prepared / self.transform_file(variant)}, signature, example)
 
     def _served_spec(self) -> dict[str, Any]:
         """What every forecast pyfunc (network, baseline, ensemble) reads at load: limits and calendar."""

@@ -36,13 +36,15 @@ class _Dicts(Dataset):
         return {k: v[i] for k, v in self.arrays.items()}
 
 
-def load_segments(prepared: Path) -> tuple[SeriesTransform, list[tuple[np.ndarray, int, int]]]:
-    """The transform and, per series, (network-space values [T', F], n_train', n_validation)."""
-    transform = SeriesTransform.load(prepared / "transform.json")
+def load_segments(prepared: Path, transform_file: str = "transform.json"
+                  ) -> tuple[SeriesTransform, list[tuple[np.ndarray, int, int]]]:
+    """The transform and, per series, (network-space values [T', F], n_train', n_validation), globally scaled:
+    window scaling (`transform.scale_windows`) is applied to each window the datamodule cuts."""
+    transform = SeriesTransform.load(prepared / transform_file)
     series = pd.read_parquet(prepared / "series.parquet")
     segments = []
     for _, group in series.groupby("series_id", sort=False):
-        z = transform.to_inputs(group[list(transform.columns)].to_numpy())
+        z = transform.encode(group[list(transform.columns)].to_numpy())
         n_train = int((group["split"] == "train").sum()) - transform.lost_steps
         n_val = int((group["split"] == "validation").sum())
         segments.append((z, n_train, n_val))
@@ -51,13 +53,13 @@ def load_segments(prepared: Path) -> tuple[SeriesTransform, list[tuple[np.ndarra
 
 class SeriesDataModule(pl.LightningDataModule):
     def __init__(self, prepared: Path, topology: str, window: int, stride: int, batch_size: int,
-                 horizon: int) -> None:
+                 horizon: int, transform_file: str = "transform.json") -> None:
         super().__init__()
-        self.prepared, self.topology = prepared, topology
+        self.prepared, self.topology, self.transform_file = prepared, topology, transform_file
         self.window, self.stride, self.batch_size, self.horizon = window, stride, batch_size, horizon
 
     def setup(self, stage: str | None = None) -> None:
-        self.transform, segments = load_segments(self.prepared)
+        self.transform, segments = load_segments(self.prepared, self.transform_file)
         if self.topology == "many_to_many":
             self.train_set = self._many_to_many_train(segments)
             self.val_set = self._many_to_many_val(segments)
@@ -69,8 +71,9 @@ class SeriesDataModule(pl.LightningDataModule):
     def _many_to_many_train(self, segments: list[tuple[np.ndarray, int, int]]) -> _Dicts:
         pairs = [training_windows(z[:n_train], self.window, self.stride) for z, n_train, _ in segments]
         length = min(p[0].shape[1] for p in pairs)
-        return _Dicts(x=np.concatenate([p[0][:, -length:] for p in pairs]),
-                      y=np.concatenate([p[1][:, -length:] for p in pairs]))
+        x, y = self.transform.scale_windows(np.concatenate([p[0][:, -length:] for p in pairs]),
+                                            np.concatenate([p[1][:, -length:] for p in pairs]))  # [N, W, F], [N, W, 1]
+        return _Dicts(x=x, y=y)
 
     def _many_to_many_val(self, segments: list[tuple[np.ndarray, int, int]]) -> _Dicts:
         longest = max(n_train + n_val for _, n_train, n_val in segments) - 1
@@ -80,6 +83,9 @@ class SeriesDataModule(pl.LightningDataModule):
         mask = np.zeros((len(segments), longest), bool)
         for i, (z, n_train, n_val) in enumerate(segments):
             seq = z[:n_train + n_val]
+            if self.transform.scaling == "window":  # as served from the validation segment's first origin
+                mean, std = self.transform.window_stats(z[:n_train])
+                seq = ((seq - mean) / std).astype(np.float32)  # [n_train + n_val, F]
             offset = longest - (len(seq) - 1)  # right-align so every series ends at the last step
             x[i, offset:] = seq[:-1]
             y[i, offset:] = seq[1:, :1]
@@ -92,8 +98,11 @@ class SeriesDataModule(pl.LightningDataModule):
         for z, n_train, n_val in segments:
             start = max(0, n_train - self.window)
             val.append(horizon_windows(z[start:n_train + n_val], self.window, self.horizon, 1))
-        return (_Dicts(x=np.concatenate([t[0] for t in train]), y=np.concatenate([t[1] for t in train])),
-                _Dicts(x=np.concatenate([v[0] for v in val]), y=np.concatenate([v[1] for v in val])))
+        train_x, train_y = self.transform.scale_windows(np.concatenate([t[0] for t in train]),
+                                                        np.concatenate([t[1] for t in train]))  # [N, W, F], [N, H, 1]
+        val_x, val_y = self.transform.scale_windows(np.concatenate([v[0] for v in val]),
+                                                    np.concatenate([v[1] for v in val]))  # [M, W, F], [M, H, 1]
+        return _Dicts(x=train_x, y=train_y), _Dicts(x=val_x, y=val_y)
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(0)

@@ -157,7 +157,7 @@ def train_variant(root: Path, task: str, params: Params, variant: Variant, kind:
         mlflow.log_metric("clipped_fraction", health.clipped_fraction)
         log_loss_curves(run_id)
         log_gradient_health(run_id, health.history, config["clip_value"] if config["clip_algorithm"] == "norm" else None)
-        model_uri = kind.log_model(prepared, workdir / variant.name, network.cpu(), config)
+        model_uri = kind.log_model(prepared, workdir / variant.name, network.cpu(), config, variant)
     return {"variant": variant.name, "run_id": run_id, "model_uri": model_uri, "val_loss": val_loss}
 
 

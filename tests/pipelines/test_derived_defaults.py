@@ -57,6 +57,15 @@ def test_a_short_series_bounds_the_horizon_splits_and_window() -> None:
     assert spec.prepare.window <= 60 - 24 - 1 and all(v.k2 <= min(spec.prepare.window, MAX_K2) for v in spec.variants)
 
 
+def test_the_default_family_has_a_hybrid_variant_where_the_smoothing_can_be_fitted() -> None:
+    long, _ = resolve(TimeSeriesTask.model_validate(FIVE_LINES), monthly(240))
+    hybrid = long.variants[-1]
+    assert hybrid.name == "hybrid" and long.prepare.for_variant(hybrid).smoothing == "holt_winters"
+    assert not long.prepare.for_variant(hybrid).difference and long.prepare.difference
+    short, _ = resolve(TimeSeriesTask.model_validate(FIVE_LINES), monthly(40))  # 24 training months < 26
+    assert [v.name for v in short.variants] == ["lstm", "gru"]
+
+
 def test_a_bad_freq_is_refused_on_load_naming_the_key(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tasks": {"sales": {**FIVE_LINES, "freq": "monthly"}}}))
     with pytest.raises(ConfigError, match=r"tasks\.sales\.freq: .*'monthly' is not a pandas offset alias"):

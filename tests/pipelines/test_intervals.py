@@ -16,6 +16,7 @@ from pipelines.evaluate.intervals import (
     interval_metrics,
     parse_levels,
     residual_rows,
+    scale_uncertainty,
 )
 from pipelines.registry import coverage_check
 from pipelines.summary import task_summary
@@ -76,7 +77,13 @@ def test_too_few_residuals_for_a_level_give_the_widest_seen_rather_than_a_narrow
 
     half = ConformalIntervals(calibration_payload(residuals)).half_widths(95.0, 1)
 
-    assert half.tolist() == [3.0]
+    # the widest seen, widened for an error scale known from only 3 origins
+    assert half.tolist() == pytest.approx([3.0 * scale_uncertainty(95.0, 3)])
+
+
+def test_few_origins_widen_the_interval_most_at_high_levels_and_many_origins_do_not() -> None:
+    assert scale_uncertainty(95.0, 3) > scale_uncertainty(80.0, 3) > scale_uncertainty(80.0, 30) > 1.0
+    assert scale_uncertainty(95.0, 5000) == pytest.approx(1.0, abs=1e-3)
 
 
 @pytest.mark.parametrize("value, fragment", [

@@ -158,7 +158,8 @@ class ToyKind:
     def warm_start(self, root: Path, task: str, network: SequenceModel, variant: Variant) -> list[str]:
         return []
 
-    def log_model(self, prepared: Path, directory: Path, network: SequenceModel, config: dict[str, Any]) -> str:
+    def log_model(self, prepared: Path, directory: Path, network: SequenceModel, config: dict[str, Any],
+                  variant: Variant | None = None) -> str:
         signature = ModelSignature(inputs=Schema([ColSpec(DataType.double, c) for c in COLUMNS]),
                                    outputs=Schema([ColSpec(DataType.string, "label")]))
         example = self.load_prepared(prepared)[COLUMNS].head(2)
