@@ -12,9 +12,9 @@ context. A row whose piece of a series ends pads the rest of that batch (mask Fa
 next piece from a zero state (the batch's `reset` mask). Epoch 0 cuts the line at 0; every later epoch
 rotates it by a seeded offset, which moves every cut: the only shuffling that keeps order.
 
-Streaming from disk: setup converts series.parquet to network space in a float32 memory map (a
-temporary file), reading the Parquet file record batch by record batch with pyarrow; batches then
-slice the map. Training memory is bounded by one record batch and one batch of B x steps pairs,
+Streaming from disk: setup converts series.parquet to network space in a float32 file (temporary),
+reading the Parquet file record batch by record batch with pyarrow; batches then read their rows from
+it (StreamFile). Training memory is bounded by one record batch and one batch of B x steps pairs,
 whatever the series' length.
 
 Validation warms each series' state over its whole training history before scoring its validation
@@ -24,6 +24,7 @@ validation targets (models/module.py does not score a batch that has no scored s
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from models import WARMUP_STEPS
 from pipelines.errors import SeqopsError
 from pipelines.prepare.features import SeriesTransform
 
-READ_ROWS = 1 << 16  # rows per Parquet record batch while building the memory map
+READ_ROWS = 1 << 16  # rows per Parquet record batch while building the stream file
 
 
 class StreamError(SeqopsError, ValueError):
@@ -51,7 +52,7 @@ class StreamError(SeqopsError, ValueError):
 
 @dataclass(frozen=True)
 class SeriesSpan:
-    """One series in the memory map: its first row, training steps and validation steps (network space)."""
+    """One series in the stream file: its first row, training steps and validation steps (network space)."""
 
     start: int
     n_train: int
@@ -60,54 +61,85 @@ class SeriesSpan:
 
 @dataclass(frozen=True)
 class Piece:
-    """Contiguous training pairs [start, stop) of one series, as map rows: pair a is (x = map[a], y = map[a + 1])."""
+    """Contiguous training pairs [start, stop) of one series, as stream rows: pair a is (x = row a, y = row a + 1)."""
 
     start: int
     stop: int
 
 
-def write_stream(parquet: Path, transform: SeriesTransform, path: Path) -> tuple[np.memmap, list[SeriesSpan]]:
-    """Network-space inputs of every series' training and validation rows, in a float32 memory map at `path`.
+class StreamFile:
+    """The stream's float32 rows [N, F] in a file, read by row slice with `os.pread`.
+
+    Why not a memory map: every page a map touches stays in this process's resident set until it is
+    unmapped, so one pass over a 10^7-step series would leave the whole file resident and the peak would grow
+    with the length. Read this way, the rows pass through the page cache (shared, reclaimable) and the
+    process holds only the slice it asked for.
+    """
+
+    def __init__(self, path: Path, rows: int, features: int) -> None:
+        self.path, self.shape = path, (rows, features)
+        self._file = path.open("rb", buffering=0)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: slice | tuple[Any, ...]) -> np.ndarray:
+        """Rows `key[0]` (a slice with step 1), then numpy indexing by the rest of `key` on them."""
+        rows, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError(f"a StreamFile is read by contiguous row slices, got {rows!r}")
+        start, stop, _ = rows.indices(self.shape[0])
+        width = self.shape[1] * np.dtype(np.float32).itemsize
+        data = os.pread(self._file.fileno(), max(0, stop - start) * width, start * width)
+        return np.frombuffer(data, np.float32).reshape(-1, self.shape[1])[(slice(None), *rest)]  # [r, F] or less
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+
+def write_stream(parquet: Path, transform: SeriesTransform, path: Path) -> tuple[StreamFile, list[SeriesSpan]]:
+    """Network-space inputs of every series' training and validation rows, as float32 rows in a file at `path`.
 
     Reads `parquet` (prepare's series.parquet: series_id, split and the transform's columns, each series'
-    rows contiguous and in time order) READ_ROWS at a time; differencing carries the previous raw row
-    across record batches. Holdout rows are skipped: training never reads them.
+    rows contiguous and in time order) READ_ROWS at a time and appends to the file, so neither side holds
+    more than one record batch; differencing (first and seasonal) carries the last `lost_steps` raw rows
+    across record batches, so the rows equal one transform of the whole series. Holdout
+    rows are skipped: training never reads them. Pre-buffering is off: with it, pyarrow keeps every row
+    group it has read until the reader is closed (the whole file by the end).
     """
-    source = pq.ParquetFile(parquet)
-    columns = list(transform.columns)
-    out = np.memmap(path, np.float32, "w+", shape=(max(1, source.metadata.num_rows), len(columns)))
+    source = pq.ParquetFile(parquet, pre_buffer=False)
+    columns, lost = list(transform.columns), transform.lost_steps
     spans: list[SeriesSpan] = []
     cursor, current, previous, counts = 0, None, None, [0, 0]
 
     def close() -> None:
         if current is not None:
-            spans.append(SeriesSpan(start, counts[0] - transform.lost_steps, counts[1]))
+            spans.append(SeriesSpan(start, counts[0] - lost, counts[1]))
 
-    for batch in source.iter_batches(batch_size=READ_ROWS, columns=["series_id", "split", *columns]):
-        ids = batch.column("series_id")
-        ids = ids.dictionary_decode() if pa.types.is_dictionary(ids.type) else ids
-        train = pc.equal(batch.column("split"), "train").to_numpy(zero_copy_only=False)  # [R]
-        kept = train | pc.equal(batch.column("split"), "validation").to_numpy(zero_copy_only=False)  # [R]
-        values = np.column_stack([batch.column(c).to_numpy(zero_copy_only=False) for c in columns])  # [R, F]
-        changed = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).to_numpy(zero_copy_only=False)  # [R - 1]
-        cuts = np.flatnonzero(changed) + 1  # series boundaries inside the batch, without a Python string per row
-        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(ids)]):
-            if ids[int(a)].as_py() != current:
-                close()
-                current, previous, counts, start = ids[int(a)].as_py(), None, [0, 0], cursor
-            rows = values[a:b][kept[a:b]]  # [r, F]
-            counts[0] += int(train[a:b].sum())
-            counts[1] += int((kept[a:b] & ~train[a:b]).sum())
-            if len(rows) == 0:
-                continue
-            lead = rows if previous is None or not transform.difference else np.concatenate([previous, rows])
-            z = transform.to_inputs(lead)  # [r or r - 1, F]
-            out[cursor:cursor + len(z)] = z
-            cursor, previous = cursor + len(z), rows[-1:]
+    with path.open("wb") as out:
+        for batch in source.iter_batches(batch_size=READ_ROWS, columns=["series_id", "split", *columns]):
+            ids = batch.column("series_id")
+            ids = ids.dictionary_decode() if pa.types.is_dictionary(ids.type) else ids
+            train = pc.equal(batch.column("split"), "train").to_numpy(zero_copy_only=False)  # [R]
+            kept = train | pc.equal(batch.column("split"), "validation").to_numpy(zero_copy_only=False)  # [R]
+            values = np.column_stack([batch.column(c).to_numpy(zero_copy_only=False) for c in columns])  # [R, F]
+            changed = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)).to_numpy(zero_copy_only=False)  # [R-1]
+            cuts = np.flatnonzero(changed) + 1  # series boundaries inside the batch, without a Python string per row
+            for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(ids)]):
+                if ids[int(a)].as_py() != current:
+                    close()
+                    current, previous, counts, start = ids[int(a)].as_py(), None, [0, 0], cursor
+                rows = values[a:b][kept[a:b]]  # [r, F]
+                counts[0] += int(train[a:b].sum())
+                counts[1] += int((kept[a:b] & ~train[a:b]).sum())
+                if len(rows) == 0:
+                    continue
+                lead = rows if previous is None else np.concatenate([previous, rows])  # [lost + r, F]
+                z = np.ascontiguousarray(transform.to_inputs(lead), np.float32)  # [len(lead) - lost, F]
+                out.write(z.tobytes())
+                cursor, previous = cursor + len(z), (lead[max(0, len(lead) - lost):] if lost else None)
     close()
-    out.flush()
-    del out
-    return np.memmap(path, np.float32, "r", shape=(max(1, cursor), len(columns))), spans
+    return StreamFile(path, cursor, len(columns)), spans
 
 
 def plan_rows(spans: list[SeriesSpan], rows: int, offset: int) -> list[list[Piece]]:
@@ -140,17 +172,18 @@ def _wrapped(lo: int, hi: int, total: int) -> list[tuple[int, int]]:
     return [(lo, hi)] if hi <= total else [(lo, total), (0, hi - total)]
 
 
-def _fill(values: np.ndarray, x: np.ndarray, y: np.ndarray, row: int, start: int, stop: int) -> None:
-    """Row `row` of a batch takes pairs [start, stop) of the map."""
+def _fill(values: StreamFile, x: np.ndarray, y: np.ndarray, row: int, start: int, stop: int) -> None:
+    """Row `row` of a batch takes pairs [start, stop) of the stream."""
     n = stop - start
-    x[row, :n] = values[start:stop]  # [n, F]
-    y[row, :n, 0] = values[start + 1:stop + 1, 0]  # [n]
+    rows = values[start:stop + 1]  # [n + 1, F]: one read for inputs and next-step targets
+    x[row, :n] = rows[:n]  # [n, F]
+    y[row, :n, 0] = rows[1:, 0]  # [n]
 
 
 class StreamBatches(IterableDataset):
     """Training batches of the stateful stream, one epoch per iteration (each iteration rotates the line)."""
 
-    def __init__(self, values: np.ndarray, spans: list[SeriesSpan], rows: int, steps: int, seed: int) -> None:
+    def __init__(self, values: StreamFile, spans: list[SeriesSpan], rows: int, steps: int, seed: int) -> None:
         self.values, self.spans, self.rows, self.steps, self.seed = values, spans, rows, steps, seed
         self.epoch = 0
 
@@ -193,7 +226,7 @@ class WarmupBatches(IterableDataset):
     """Validation: each series from its first step, B series a batch, WARMUP_STEPS pairs at a time; only
     pairs whose target is a validation step are scored."""
 
-    def __init__(self, values: np.ndarray, spans: list[SeriesSpan], rows: int) -> None:
+    def __init__(self, values: StreamFile, spans: list[SeriesSpan], rows: int) -> None:
         self.values, self.spans, self.rows = values, spans, rows
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
