@@ -43,11 +43,14 @@ lock: install
 run: install
 	$(BIN)/seqops run
 
+# Two workers, one test module each at a time (module fixtures are built once): the end-to-end tests spend
+# much of their time waiting on servers and subprocesses, so two overlap well even on 2 cores.
+PYTEST_WORKERS := -n 2 --dist loadscope
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_WORKERS)
 
 test-fast: install
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q $(PYTEST_WORKERS) -m "not slow"
 
 serve: install
 	$(BIN)/seqops serve $(TASK) --port $(PORT)

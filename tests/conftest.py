@@ -19,6 +19,15 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 torch.set_num_threads(1)
 
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules holding a slow (end-to-end) test first, each module's order kept: `make test` runs two
+    workers a module at a time, and a minutes-long module picked up last would run alone at the end."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+
+
 # Small enough to train in seconds on 2 cores, real enough to exercise every stage on CO2.
 TINY_FORECAST = {
     "kind": "timeseries",
