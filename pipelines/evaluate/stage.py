@@ -195,7 +195,7 @@ def evaluate_task(root: Path, task: str, params: Params) -> Path:
     print(f"evaluate@{task}: {choice['verdict']}", flush=True)
     out = metrics_file(root, task)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"task": task, "selection": f"{cv_key} ({metric.goal}), rolling-origin cross-validation",
+    out.write_text(json.dumps({"task": task, "selection": f"{cv_key} ({metric.goal}), {kind.selection_method}",
                                **choice, "variants": variants, "baselines": baseline_results, "models": models},
                               indent=2, sort_keys=True))
     return out

@@ -60,6 +60,8 @@ class TaskKind(Protocol):
     """
 
     name: str
+    # How a validation score is made, for the summary: "rolling-origin cross-validation", "the validation split"
+    selection_method: str
 
     def __init__(self, spec: Any) -> None: ...
 

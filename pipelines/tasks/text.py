@@ -44,6 +44,7 @@ class TextKind:
     """Text classification tasks (`kind: text`); `sentiment` is the built-in one."""
 
     name = "text"
+    selection_method = "the validation split"
 
     def __init__(self, spec: TextTask) -> None:
         self.spec = spec

@@ -71,6 +71,7 @@ class TimeSeriesKind:
     """Forecasting tasks (`kind: timeseries`); `forecast` is the built-in one."""
 
     name = "timeseries"
+    selection_method = "rolling-origin cross-validation"
 
     def __init__(self, spec: TimeSeriesTask) -> None:
         self.spec = spec

@@ -119,6 +119,7 @@ class ToyKind:
     """A third task kind, defined outside pipelines/: the stages must run it as they run the built-ins."""
 
     name = "toy"
+    selection_method = "the validation split"
 
     def __init__(self, spec: ToyTask) -> None:
         self.spec = spec

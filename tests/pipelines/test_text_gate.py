@@ -71,6 +71,7 @@ def test_a_recurrent_model_worse_than_tfidf_leaves_the_baseline_registered_and_s
     assert baseline > gru + 0.2  # the tiny GRU really is worse
     assert metrics["chosen"] == "tfidf_logreg" and metrics["chosen_type"] == "baseline"
     assert "the recurrent models lost" in metrics["verdict"]
+    assert metrics["selection"] == "validation_macro_f1 (maximize), the validation split"  # not rolling origins
     assert decision.promoted
     for scores in (metrics["variants"]["gru"], metrics["baselines"]["tfidf_logreg"]):  # temperature scaling
         assert scores["temperature"] > 0 and {"ece", "ece_uncalibrated"} <= set(scores)
