@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -77,12 +78,19 @@ def make_project(path: Path, tasks: dict) -> Path:
     return path
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = make_project(tmp_path / "project", {"forecast": TINY_FORECAST})
+def use_project(root: Path, monkeypatch: pytest.MonkeyPatch, sources: dict[str, pd.DataFrame] | None = None) -> Path:
+    """Point this test's process at `root` (SEQOPS_ROOT, its MLflow store); write `sources` as sources/<name>.csv."""
+    for name, frame in (sources or {}).items():
+        (root / "sources").mkdir(exist_ok=True)
+        frame.to_csv(root / "sources" / f"{name}.csv", index=False)
     monkeypatch.setenv("SEQOPS_ROOT", str(root))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / '.seqops' / 'mlflow.db'}")
     return root
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return use_project(make_project(tmp_path / "project", {"forecast": TINY_FORECAST}), monkeypatch)
 
 
 @pytest.fixture(scope="session")

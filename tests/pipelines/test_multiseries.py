@@ -17,7 +17,7 @@ from pipelines.evaluate.stage import evaluate_task
 from pipelines.prepare.stage import prepare
 from pipelines.project import metrics_file, train_record
 from pipelines.train.stage import train_task
-from tests.conftest import make_project
+from tests.conftest import make_project, use_project
 
 TASK = {
     "kind": "timeseries",
@@ -52,12 +52,7 @@ def _stores(weeks: int = 120) -> pd.DataFrame:
 
 @pytest.fixture
 def stores_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = make_project(tmp_path / "project", {"stores": TASK})
-    (root / "sources").mkdir()
-    _stores().to_csv(root / "sources" / "stores.csv", index=False)
-    monkeypatch.setenv("SEQOPS_ROOT", str(root))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / '.seqops' / 'mlflow.db'}")
-    return root
+    return use_project(make_project(tmp_path / "project", {"stores": TASK}), monkeypatch, {"stores": _stores()})
 
 
 def test_several_series_with_a_covariate_train_evaluate_and_forecast(stores_project: Path) -> None:

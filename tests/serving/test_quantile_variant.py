@@ -20,7 +20,7 @@ from pipelines.prepare.stage import prepare
 from pipelines.project import train_record
 from pipelines.tasks.settings import task_spec
 from pipelines.train.stage import train_task
-from tests.conftest import REPO, make_project
+from tests.conftest import REPO, make_project, use_project
 
 TASK = {
     "kind": "timeseries",
@@ -47,12 +47,7 @@ def _sales(weeks: int = 120) -> pd.DataFrame:
 
 @pytest.fixture
 def quantile_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = make_project(tmp_path / "project", {"sales": TASK})
-    (root / "sources").mkdir()
-    _sales().to_csv(root / "sources" / "sales.csv", index=False)
-    monkeypatch.setenv("SEQOPS_ROOT", str(root))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / '.seqops' / 'mlflow.db'}")
-    return root
+    return use_project(make_project(tmp_path / "project", {"sales": TASK}), monkeypatch, {"sales": _sales()})
 
 
 def test_a_quantile_variant_trains_and_serves_ordered_intervals_from_its_sample_paths(quantile_project: Path) -> None:
