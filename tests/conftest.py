@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 import torch
@@ -76,6 +79,34 @@ def make_project(path: Path, tasks: dict) -> Path:
     git(path, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "add", ".")
     git(path, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "project")
     return path
+
+
+@contextmanager
+def mlflow_store(directory: Path) -> Iterator[str]:
+    """An MLflow SQLite store under `directory` as the active one, its runs' artifacts there too.
+
+    A bare SQLite URI puts the Default experiment's artifacts in ./mlruns of the working directory (the
+    repository, under pytest): runs here go to an experiment whose artifacts live beside the store.
+    """
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.MlflowClient(uri).create_experiment("tests", (directory / "mlartifacts").as_uri())
+        mlflow.set_experiment(experiment_id=experiment)
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_to_the_repository() -> Iterator[None]:
+    """Fail the session if a test left an MLflow store in the repository (a client without our URI)."""
+    strays = [REPO / "mlruns", REPO / "mlflow.db"]
+    existing = {path for path in strays if path.exists()}
+    yield
+    appeared = [str(path) for path in strays if path.exists() and path not in existing]
+    assert not appeared, f"a test wrote an MLflow store into the repository: {appeared}"
 
 
 def use_project(root: Path, monkeypatch: pytest.MonkeyPatch, sources: dict[str, pd.DataFrame] | None = None) -> Path:

@@ -22,6 +22,7 @@ from pipelines.prepare.stage import prepare
 from pipelines.project import prepared_dir
 from pipelines.tasks import kind_for
 from pipelines.tasks.settings import task_spec
+from tests.conftest import mlflow_store
 
 # alias written in the file's timestamps -> (pandas alias the task should record, timestamp format)
 CASES = {
@@ -37,11 +38,8 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(before)
+    with mlflow_store(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
 
 
 def five_line_project(root: Path, freq: str, fmt: str, length: int = 100) -> Path:

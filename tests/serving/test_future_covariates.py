@@ -19,6 +19,7 @@ from pipelines.project import prepared_dir
 from pipelines.serving.requests import ModelInputs, to_frame
 from pipelines.tasks import kind_for
 from pipelines.tasks.settings import task_spec
+from tests.conftest import mlflow_store
 
 HORIZON = 3
 
@@ -44,13 +45,10 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     variant = kind.spec.variants[0]
     config = kind.model_config(variant, params, kind.datamodule(prepared_dir(root, "load"), variant))
     torch.manual_seed(0)
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    with mlflow.start_run():
+    with mlflow_store(root), mlflow.start_run():
         uri = kind.log_model(prepared_dir(root, "load"), root / "model", SequenceModel(ModelConfig(**config)), config)
-    model = mlflow.pyfunc.load_model(uri)
-    yield model, kind.load_prepared(prepared_dir(root, "load"))
-    mlflow.set_tracking_uri(before)
+        model = mlflow.pyfunc.load_model(uri)
+    return model, kind.load_prepared(prepared_dir(root, "load"))
 
 
 def record(frame: pd.DataFrame, future: list[float] | None = None) -> dict:
