@@ -28,7 +28,9 @@ class Serving(_Strict):
     batch_wait_ms: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0  # wait for batch-mates only while more are arriving
     max_batch_records: PositiveInt = 256  # records scored together at most
     max_records: PositiveInt = 1000       # records in one request; more get a 400
-    max_request_steps: PositiveInt = 1_000_000  # records x (history + horizon) in one request; more get a 400
+    # history + horizon summed over a request's records (the horizon once per sample path for a quantile
+    # model); a request that costs more gets a 400
+    max_request_steps: PositiveInt = 1_000_000
     max_queue: PositiveInt = 64           # requests waiting for the model; more get a 503 with Retry-After
     read_timeout_s: Annotated[float, Field(gt=0.0)] = 5.0  # headers and body must arrive within this; idle keep-alive too
     max_connections: PositiveInt = 256    # open connections at most; uvicorn answers 503 beyond

@@ -84,7 +84,8 @@ def registered_version(run_id: str | None) -> str | None:
 class Prepared:
     """One request, validated whole and ready to be scored beside others (pipelines/serving/batching.py): a bad
     request is refused alone, before it can share a batch. `steps` is what scoring it costs in recurrent steps
-    (forecast: records x (history + horizon)), checked against serving.max_request_steps."""
+    (forecast: the records' history + horizon, the horizon times SAMPLE_PATHS for a quantile variant), checked
+    against serving.max_request_steps."""
 
     rows: list[Any]
     steps: int
@@ -302,7 +303,9 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
             history = self._history(row, index)
             future, last = self._future(row, index, horizon), self._last_timestamp(row, index)
             rows.append(ForecastRow(_series_id(row.get("series_id"), index), history, future, last, horizon, levels))
-        return Prepared(rows, sum(len(r.history["history"]) + horizon for r in rows))
+        # a quantile variant warms each record once, then steps SAMPLE_PATHS paths over the horizon
+        paths = SAMPLE_PATHS if self.quantiles else 1
+        return Prepared(rows, sum(len(r.history["history"]) + horizon * paths for r in rows))
 
     def predict_prepared(self, requests: list[Prepared], deadline: float | None = None) -> list[list[dict[str, Any]]]:
         """The records of every request, forecast together; each request's predictions, in order."""

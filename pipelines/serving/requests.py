@@ -245,8 +245,8 @@ def check_records(records: int, limit: int) -> None:
 def check_steps(steps: int, records: int, limit: int) -> None:
     """A 400 naming serving.max_request_steps when scoring the request would cost more recurrent steps than that."""
     if steps > limit:
-        raise InputError(f"the request costs {steps} recurrent steps over its {records} records (records x (history "
-                         f"+ horizon)); at most {limit} are accepted (serving.max_request_steps): send fewer records, "
+        raise InputError(f"the request costs {steps} recurrent steps over its {records} records (history + horizon "
+                         f"each, the horizon once per sample path for a quantile model); at most {limit} are accepted (serving.max_request_steps): send fewer records, "
                          "shorter histories or a shorter horizon")
 
 

@@ -15,6 +15,7 @@ import yaml
 from pipelines.config import ConfigError, load_params
 from pipelines.data import versioning
 from pipelines.data.ingest import ingest
+from pipelines.evaluate.intervals import SAMPLE_PATHS
 from pipelines.evaluate.stage import load_prepared, score_model
 from pipelines.prepare.stage import prepare
 from pipelines.project import train_record
@@ -72,6 +73,8 @@ def test_a_quantile_variant_trains_and_serves_ordered_intervals_from_its_sample_
     assert ((bands["95"][1] - bands["95"][0]) > (bands["80"][1] - bands["80"][0])).all()
     assert first["forecast"] == again["forecast"] and first["intervals"] == again["intervals"]  # seeded paths
     assert model.unwrap_python_model().uncertainty["intervals"].startswith("quantile: 9 quantiles")
+    # serving.max_request_steps counts the horizon once per sample path: what the stepper will run
+    assert model.unwrap_python_model().prepare(request, {"horizon": 8}).steps == len(history) + 8 * SAMPLE_PATHS
 
     spec = task_spec(root, "sales", params)
     scored = score_model(spec, load_prepared(root, "sales", spec), model)  # evaluate's holdout scoring
