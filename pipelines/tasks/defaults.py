@@ -24,7 +24,8 @@ k1, k2          k1 one season, k2 two (k1 at least 8); at most the window, MAX_K
 max_epochs      enough epochs for about TARGET_BATCHES batches, between MIN_EPOCHS and MAX_EPOCHS
 serving         default_horizon = horizon, max_horizon = 20 horizons
 variants        `default_variants`: the family every new task trains (chosen by bench/quality.py); its
-                hybrid variant only when the training split holds `smoothing_min_steps(season)` steps
+                hybrid variant only when the training split holds `smoothing_min_steps(season)` steps, and not
+                in stateful mode (its streams read the task's one transform)
 
 A text task derives one setting the same way, `text_epochs` at the end of this file (the rest of a
 five-line text task is TextTask's fixed defaults, chosen by bench/text_quality.py).
@@ -111,9 +112,15 @@ def _bounded(value: int, low: int, high: int) -> int:
     return max(low, min(value, high))
 
 
-def _epochs(lengths: list[int], window: int, stride: int, batch_size: int) -> int:
-    windows = sum(max(0, n - 1 - window) // stride + 1 for n in lengths)  # training_windows' count per series
-    return _bounded(math.ceil(TARGET_BATCHES / math.ceil(windows / batch_size)), MIN_EPOCHS, MAX_EPOCHS)
+def _epochs(lengths: list[int], window: int, stride: int, batch_size: int, stateful: bool) -> int:
+    """Epochs for about TARGET_BATCHES batches. Window mode batches `batch_size` windows (one every `stride`
+    steps); stateful mode reads each training step once, `batch_size` streams of `window` steps a batch."""
+    if stateful:
+        batches = math.ceil(sum(max(0, n - 1) for n in lengths) / (batch_size * window))
+    else:
+        windows = sum(max(0, n - 1 - window) // stride + 1 for n in lengths)  # training_windows' count per series
+        batches = math.ceil(windows / batch_size)
+    return _bounded(math.ceil(TARGET_BATCHES / max(1, batches)), MIN_EPOCHS, MAX_EPOCHS)
 
 
 def resolve(spec: TimeSeriesTask, raw: pd.DataFrame) -> tuple[TimeSeriesTask, dict[str, Any]]:
@@ -155,12 +162,13 @@ def resolve(spec: TimeSeriesTask, raw: pd.DataFrame) -> tuple[TimeSeriesTask, di
     pick(serving, "serving", "max_horizon", HORIZON_SEASONS * horizon)
     pick(training, "training", "max_epochs",
          _epochs([n - prepare["holdout"] - prepare["validation"] for n in lengths], window, stride,
-                 training["batch_size"]))
+                 training["batch_size"], training["mode"] == "stateful"))
     variants = spec.variants
     if variants is None:
         k1 = _bounded(season, MIN_K1, min(MAX_K1, window))
         variants = default_variants(k1, _bounded(2 * season, k1, min(MAX_K2, window)),
-                                    hybrid=n_train >= smoothing_min_steps(season))
+                                    # stateful streams read one task-wide transform: no smoothing variant
+                                    hybrid=n_train >= smoothing_min_steps(season) and training["mode"] != "stateful")
         derived["variants"] = ", ".join(f"{v.name} (k1 {v.k1}, k2 {v.k2})" for v in variants)
     options = SeriesPrepare.model_validate(prepare)
     lost = max(options.for_variant(v).lost_steps for v in variants)

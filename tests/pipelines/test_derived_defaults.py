@@ -13,7 +13,7 @@ import yaml
 from pipelines.config import ConfigError, TimeSeriesTask, load_params
 from pipelines.data.ingest import ingest
 from pipelines.prepare.stage import prepare
-from pipelines.tasks.defaults import MAX_K2, resolve, season_and_horizon
+from pipelines.tasks.defaults import MAX_EPOCHS, MAX_K2, MIN_EPOCHS, TARGET_BATCHES, resolve, season_and_horizon
 from pipelines.tasks.settings import derived_settings, task_spec
 
 FIVE_LINES = {"kind": "timeseries", "source": "s.csv", "timestamp": "month", "target": "y"}
@@ -55,6 +55,16 @@ def test_a_short_series_bounds_the_horizon_splits_and_window() -> None:
     spec, _ = resolve(TimeSeriesTask.model_validate(FIVE_LINES), monthly(60))
     assert spec.evaluate.horizon == 6 and spec.prepare.holdout == 12
     assert spec.prepare.window <= 60 - 24 - 1 and all(v.k2 <= min(spec.prepare.window, MAX_K2) for v in spec.variants)
+
+
+def test_a_stateful_five_line_task_resolves_without_the_hybrid_and_with_epochs_for_its_batches() -> None:
+    window_spec, _ = resolve(TimeSeriesTask.model_validate(FIVE_LINES), monthly(2400))
+    spec, _ = resolve(TimeSeriesTask.model_validate({**FIVE_LINES, "training": {"mode": "stateful"}}), monthly(2400))
+    assert "hybrid" in [v.name for v in window_spec.variants] and "hybrid" not in [v.name for v in spec.variants]
+    steps = 2400 - spec.prepare.holdout - spec.prepare.validation - 1
+    batches = -(-steps // (spec.training.batch_size * spec.prepare.window))  # each step read once an epoch
+    assert spec.training.max_epochs == min(MAX_EPOCHS, max(MIN_EPOCHS, -(-TARGET_BATCHES // batches)))
+    assert spec.training.max_epochs > window_spec.training.max_epochs  # window mode re-reads each step
 
 
 def test_the_default_family_has_a_hybrid_variant_where_the_smoothing_can_be_fitted() -> None:
