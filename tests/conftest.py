@@ -83,10 +83,11 @@ def make_project(path: Path, tasks: dict) -> Path:
 
 @contextmanager
 def mlflow_store(directory: Path) -> Iterator[str]:
-    """An MLflow SQLite store under `directory` as the active one, its runs' artifacts there too.
+    """An MLflow SQLite store under `directory` as the active one; yields the id of its experiment "tests",
+    active too, whose artifacts live beside the store.
 
-    A bare SQLite URI puts the Default experiment's artifacts in ./mlruns of the working directory (the
-    repository, under pytest): runs here go to an experiment whose artifacts live beside the store.
+    A bare SQLite URI, or an experiment created without an artifact location, puts artifacts in ./mlruns of
+    the working directory: the repository, under pytest.
     """
     uri = f"sqlite:///{directory / 'mlflow.db'}"
     before = mlflow.get_tracking_uri()
@@ -94,7 +95,7 @@ def mlflow_store(directory: Path) -> Iterator[str]:
     try:
         experiment = mlflow.MlflowClient(uri).create_experiment("tests", (directory / "mlartifacts").as_uri())
         mlflow.set_experiment(experiment_id=experiment)
-        yield uri
+        yield experiment
     finally:
         mlflow.set_tracking_uri(before)
 

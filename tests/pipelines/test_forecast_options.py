@@ -27,7 +27,7 @@ from pipelines.project import prepared_dir
 from pipelines.tasks import kind_for
 from pipelines.tasks.settings import task_spec
 from pipelines.train import streaming
-from tests.conftest import REPO
+from tests.conftest import REPO, mlflow_store
 from tests.models.helpers import make_trainer
 
 HYBRID = {"transform": "log", "smoothing": "holt_winters"}
@@ -36,11 +36,8 @@ HYBRID = {"transform": "log", "smoothing": "holt_winters"}
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory: pytest.TempPathFactory) -> str:
     """An experiment in a temporary store whose artifacts stay in the temporary folder too."""
-    folder = tmp_path_factory.mktemp("mlflow")
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
-    yield mlflow.create_experiment("options", artifact_location=(folder / "artifacts").as_uri())
-    mlflow.set_tracking_uri(before)
+    with mlflow_store(tmp_path_factory.mktemp("mlflow")) as experiment:
+        yield experiment
 
 
 def monthly_project(root: Path, prepare_keys: dict, values: np.ndarray | None = None,

@@ -38,8 +38,8 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    with mlflow_store(tmp_path_factory.mktemp("mlflow")) as uri:
-        yield uri
+    with mlflow_store(tmp_path_factory.mktemp("mlflow")):
+        yield mlflow.get_tracking_uri()
 
 
 def five_line_project(root: Path, freq: str, fmt: str, length: int = 100) -> Path:

@@ -26,6 +26,7 @@ from pipelines.tasks.defaults import text_epochs
 from pipelines.tasks.settings import SETTINGS_FILE
 from pipelines.tasks.text import TextKind
 from pipelines.train.pretrain import Encoder, StreamBatches, pretrain, stream_texts, warm_start
+from tests.conftest import mlflow_store
 
 WORDS = ["the", "flight", "was", "late", "crew", "lovely", "bag", "lost", "great", "seat"]
 
@@ -51,11 +52,8 @@ def tiny_task(**pretrain: object) -> TextTask:
 @pytest.fixture()
 def tracking(tmp_path: Path) -> str:
     """A store of the test's own, its experiment's id; the process's MLflow target is restored after."""
-    before = mlflow.get_tracking_uri()
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    yield mlflow.MlflowClient(uri).create_experiment("pretrain-test")
-    mlflow.set_tracking_uri(before)
+    with mlflow_store(tmp_path) as experiment:
+        yield experiment
 
 
 def test_the_language_models_loss_falls_and_its_perplexity_is_logged_per_epoch(tracking: str, tmp_path: Path) -> None:
