@@ -13,6 +13,7 @@ time, host: pipelines.processes.Holder) where the next run can check whether tha
 - MLflow runs left RUNNING: every run carries its owner's tags (`owner_tags`); the next retrain of
   the task marks the runs whose owner is gone KILLED, with the reason in `seqops.killed_reason`.
 - server processes: pipelines.processes.reap_orphans.
+- DVC files rewritten in place (dvc.lock, data.dvc) and cut short by the kill: `repair_dvc_files`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
+import subprocess
 import time
 import uuid
 from contextlib import contextmanager
@@ -207,10 +210,76 @@ def mark_killed_runs(root: Path, task: str) -> list[str]:
     return marked
 
 
+# --- DVC files a kill left half-written -----------------------------------------------------------
+
+def _dvc_load_error(path: Path, schema: Any) -> str | None:
+    """Why DVC cannot load `path` against `schema` (its own loader and schema), or None when it can."""
+    from dvc.exceptions import DvcException
+    from dvc.utils.strictyaml import load
+
+    try:
+        load(str(path), schema)
+    except DvcException as e:
+        return str(e).splitlines()[0]
+    return None
+
+
+def _incomplete_outs(path: Path) -> str | None:
+    """What a .dvc file that DVC's lenient schema accepts lacks to name its data (a cut can end mid-entry)."""
+    import yaml
+
+    outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or []
+    if not outs or any(not isinstance(out, dict) or not {"path", "md5"} <= set(out) for out in outs):
+        return "an output without its path or md5"
+    return None
+
+
+def repair_dvc_files(root: Path) -> list[str]:
+    """Put back the DVC files a kill -9 left half-written; what was done.
+
+    DVC rewrites dvc.lock and data.dvc in place, so a kill in the middle leaves a file it refuses to load
+    (truncated YAML, or valid YAML its schema rejects) and every later run stops on it. dvc.lock is moved to
+    SEQOPS_HOME/recovered/ (it is not versioned): DVC then finds the stages it recorded not run and runs them
+    again. data.dvc is versioned: its last commit is checked out, and the next version step re-adds data/.
+    Checked under DVC's workspace lock, so a file a live DVC process is writing is never taken for debris
+    (a held lock: nothing is touched).
+    """
+    from dvc.lock import LockError, make_lock
+
+    tmp = root / ".dvc" / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        with make_lock(str(tmp / "lock"), tmp_dir=str(tmp)):
+            return _repair_dvc_files(root)
+    except LockError:
+        return []
+
+
+def _repair_dvc_files(root: Path) -> list[str]:
+    from dvc.schema import COMPILED_LOCKFILE_SCHEMA, COMPILED_SINGLE_STAGE_SCHEMA
+
+    done = []
+    lock = root / "dvc.lock"
+    if lock.is_file() and (why := _dvc_load_error(lock, COMPILED_LOCKFILE_SCHEMA)):
+        kept = seqops_home(root) / "recovered" / f"dvc.lock.{datetime.now():%Y%m%d-%H%M%S}"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(lock, kept)
+        done.append(f"set aside an unreadable dvc.lock ({why}) as {kept}: its stages run again")
+    data = root / "data.dvc"
+    if data.is_file() and (why := _dvc_load_error(data, COMPILED_SINGLE_STAGE_SCHEMA) or _incomplete_outs(data)):
+        restored = subprocess.run(["git", "checkout", "HEAD", "--", "data.dvc"], cwd=root, capture_output=True,
+                                  text=True)
+        if restored.returncode == 0:
+            done.append(f"restored data.dvc from the last commit: the file was unreadable ({why})")
+    return done
+
+
 # --- on start ------------------------------------------------------------------------------------
 
 def recover(root: Path) -> list[str]:
-    """Before a retrain touches anything: stop orphaned servers and clear stale DVC locks; what was done."""
+    """Before a retrain touches anything: stop orphaned servers, clear stale DVC locks, put back DVC files a
+    kill left half-written; what was done."""
     done = [f"stopped {what}, left by a killed run" for what in reap_orphans(seqops_home(root))]
     done += [f"removed {what}" for what in clear_stale_dvc_locks(root)]
+    done += repair_dvc_files(root)
     return done

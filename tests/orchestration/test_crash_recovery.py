@@ -18,6 +18,7 @@ from typing import Iterator
 
 import psutil
 import pytest
+import yaml
 
 from pipelines.orchestration.recovery import (
     KILLED_REASON_TAG,
@@ -26,9 +27,10 @@ from pipelines.orchestration.recovery import (
     clear_stale_dvc_locks,
     mark_killed_runs,
     owner_tags,
+    recover,
 )
 from pipelines.processes import Guarded, Holder, group_members, reap_orphans
-from tests.conftest import TINY_FORECAST, make_project
+from tests.conftest import TINY_FORECAST, git, make_project
 from tests.orchestration.conftest import BIN, free_port, port_open
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
@@ -164,6 +166,42 @@ def test_rwlock_entries_of_dead_or_reused_pids_are_removed(tmp_path: Path, proce
     assert len(removed) == 2
     left = json.loads(rwlock.read_text())
     assert left["read"] == {str(tmp_path / "data"): [{"pid": os.getpid(), "cmd": "me"}]} and left["write"] == {}
+
+
+LOCK = {"schema": "2.0", "stages": {"prepare@forecast": {
+    "cmd": "python -m pipelines.prepare forecast",
+    "deps": [{"path": "data/forecast/raw.parquet", "hash": "md5", "md5": "9a1b91983c8bea994be96ba93363c741", "size": 9}],
+    "outs": [{"path": "prepared/forecast", "hash": "md5", "md5": "1b2c.dir", "size": 5, "nfiles": 2}]}}}
+DATA_DVC = {"outs": [{"md5": "6891034bb5b5a2917713acf199a81e7c.dir", "size": 29247, "nfiles": 1, "hash": "md5",
+                      "path": "data"}]}
+
+
+def test_a_dvc_lock_cut_short_by_a_kill_is_set_aside_and_a_whole_one_is_kept(tmp_path: Path) -> None:
+    lock = tmp_path / "dvc.lock"
+    whole = yaml.safe_dump(LOCK, sort_keys=False)
+    lock.write_text(whole)
+    assert recover(tmp_path) == [] and lock.read_text() == whole
+
+    lock.write_text(whole[: whole.index("outs:") + 12])  # DVC rewrites it in place: killed mid-write
+    done = recover(tmp_path)
+
+    assert len(done) == 1 and "set aside an unreadable dvc.lock" in done[0], done
+    assert not lock.exists()
+    kept = list((tmp_path / ".seqops" / "recovered").glob("dvc.lock.*"))
+    assert len(kept) == 1 and kept[0].read_text() == whole[: whole.index("outs:") + 12]
+
+
+def test_a_data_dvc_cut_short_by_a_kill_is_restored_from_its_last_commit(tmp_path: Path) -> None:
+    git(tmp_path, "init", "-q")
+    (tmp_path / "data.dvc").write_text(yaml.safe_dump(DATA_DVC))
+    git(tmp_path, "add", "data.dvc")
+    git(tmp_path, "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "data")
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: 6891034bb5b5")
+
+    done = recover(tmp_path)
+
+    assert len(done) == 1 and done[0].startswith("restored data.dvc from the last commit"), done
+    assert yaml.safe_load((tmp_path / "data.dvc").read_text()) == DATA_DVC
 
 
 def test_dvc_workspace_lock_of_a_killed_process_is_free(tmp_path: Path) -> None:
