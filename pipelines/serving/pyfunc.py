@@ -288,8 +288,8 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
                                           SAMPLE_PATHS, PATH_SEED,
                                           [None if ahead is None else torch.from_numpy(ahead) for _, ahead in inputs],
                                           deadline)  # [N, h_i] per row, network space
-        return [path_forecast(np.stack([self.transform.to_target(path, r.history["history"]) for path in p.numpy()]),
-                              r.levels) for p, r in zip(paths, rows)]  # per row: paths [N, h_i] raw -> (median, bands)
+        return [path_forecast(self.transform.to_target(p.numpy(), r.history["history"]), r.levels)
+                for p, r in zip(paths, rows)]  # per row: paths [N, h_i] raw, in one call -> (median, bands)
 
     def prepare(self, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Prepared:
         """Validate a request whole (every record, its params) into rows ready to forecast beside others."""
