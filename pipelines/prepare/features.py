@@ -146,8 +146,8 @@ class SeriesTransform:
     def window_stats(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-feature mean and std [F] of the last `window` rows of network-space z [T', F] (std guarded)."""
         part = np.asarray(z, dtype=np.float64)[-self.window:] if self.window else np.asarray(z, dtype=np.float64)
-        std = part.std(axis=0)
-        return part.mean(axis=0), np.where(std > 1e-6, std, 1.0)
+        mean, std = _moments(part, axis=0)  # [1, F] each
+        return mean[0], std[0]
 
     def to_inputs(self, values: np.ndarray, context: int | None = None) -> np.ndarray:
         """Raw [T, F] -> network space [T - lost_steps, F].
@@ -168,10 +168,7 @@ class SeriesTransform:
         input window's statistics (identity under `scaling: global`), as to_inputs does at serving."""
         if self.scaling != "window" or len(x) == 0:
             return x, y
-        part = x[:, -self.window:] if self.window else x  # [N, W', F]
-        mean = part.mean(axis=1, keepdims=True)  # [N, 1, F]
-        std = part.std(axis=1, keepdims=True)
-        std = np.where(std > 1e-6, std, 1.0)  # [N, 1, F]
+        mean, std = _moments(x[:, -self.window:] if self.window else x, axis=1)  # [N, 1, F] each
         return ((x - mean) / std).astype(np.float32), ((y - mean[..., :1]) / std[..., :1]).astype(np.float32)
 
     def to_target(self, predicted: np.ndarray, history: np.ndarray) -> np.ndarray:
@@ -225,6 +222,13 @@ BOXCOX_BOUNDS = (-1.0, 2.0)
 # Smoothing parameters searched (one pair for every series of a task, least squares of the one-step innovations).
 ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 GAMMAS = (0.01, 0.05, 0.1, 0.2, 0.4)
+
+
+def _moments(part: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of `part` along `axis` (kept, length 1), a near-constant std replaced by 1: the window
+    statistics training (`scale_windows`) and serving (`window_stats`) normalise by."""
+    std = part.std(axis=axis, keepdims=True)
+    return part.mean(axis=axis, keepdims=True), np.where(std > 1e-6, std, 1.0)
 
 
 def smoothing_min_steps(season: int) -> int:
