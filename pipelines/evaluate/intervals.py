@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from pipelines.errors import SeqopsError
 
@@ -142,6 +141,8 @@ def read_calibration(artifact: Path) -> dict[str, Any] | None:
 def scale_uncertainty(level: float, draws: int) -> float:
     """t_nu(p) / z(p), p = (1 + level / 100) / 2, nu = `draws`: how much wider a central interval must be
     when the error scale is estimated from `draws` zero-mean forecasts rather than known (module docstring)."""
+    from scipy import stats  # here, not at the top: pipelines.config imports this module, every command loads it
+
     p = 0.5 + level / 200.0
     return float(stats.t.ppf(p, max(draws, 1)) / stats.norm.ppf(p))
 
