@@ -17,6 +17,7 @@ from pipelines.config_base import ConfigError, PositiveInt, _Strict
 from pipelines.config_runtime import Orchestration, Serving
 from pipelines.data.calendar import frequency_error
 from pipelines.evaluate.intervals import DEFAULT_LEVELS, MAX_LEVELS
+from pipelines.prepare.features import lost_steps
 from pipelines.project import params_path
 
 
@@ -118,9 +119,7 @@ class SeriesPrepare(_Strict):
         the season is not derived yet."""
         if self.season is None:
             return None
-        if self.smoothing == "holt_winters":
-            return self.season
-        return self.season * (self.seasonal_difference and self.season > 1) + (self.difference is not False)
+        return lost_steps(self.season, self.difference is not False, self.seasonal_difference, self.smoothing)
 
     def for_variant(self, variant: Variant) -> "SeriesPrepare":
         """The options `variant` trains and serves with: these, overridden by the variant's own. A variant

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from pipelines.errors import SeqopsError
 
@@ -114,11 +113,8 @@ class SeriesTransform:
 
     @property
     def lost_steps(self) -> int:
-        """Steps a history loses before its first network input: to differencing, or to the first season
-        that initialises exponential smoothing."""
-        if self.smoothing == "holt_winters":
-            return self.season
-        return (self.season if self.seasonal_difference else 0) + (1 if self.difference else 0)
+        """Steps a history loses before its first network input (`lost_steps`)."""
+        return lost_steps(self.season, self.difference, self.seasonal_difference, self.smoothing)
 
     @property
     def positive(self) -> bool:
@@ -222,6 +218,15 @@ BOXCOX_BOUNDS = (-1.0, 2.0)
 # Smoothing parameters searched (one pair for every series of a task, least squares of the one-step innovations).
 ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 GAMMAS = (0.01, 0.05, 0.1, 0.2, 0.4)
+
+
+def lost_steps(season: int, difference: bool, seasonal_difference: bool, smoothing: str) -> int:
+    """Steps a history loses before its first network input: to differencing (a season for seasonal
+    differencing, none when the season is 1; one for first differences), or to the first season that
+    initialises exponential smoothing. The fitted transform and the params check (config.py) both ask."""
+    if smoothing == "holt_winters":
+        return season
+    return (season if seasonal_difference and season > 1 else 0) + int(difference)
 
 
 def _moments(part: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -448,6 +453,8 @@ def stratified_split(labels: Sequence[str], validation: float, holdout: float, s
     if not (0 < validation < 1 and 0 < holdout < 1 and validation + holdout < 1):
         raise ValueError(f"validation ({validation}) and holdout ({holdout}) must be fractions in (0, 1) "
                          f"that leave rows for training")
+    from sklearn.model_selection import train_test_split  # here: pipelines.config imports this module (lost_steps)
+
     labels = np.asarray(labels)
     rows = np.arange(len(labels))
     try:
