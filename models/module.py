@@ -122,8 +122,9 @@ class SequenceModel(pl.LightningModule):
                     _, state = self.net(history[:, start:min(start + WARMUP_STEPS, history.shape[1] - 1)], state)
                 return self.net.forecast(history[:, -1:], horizon, future, state=state)  # [B, horizon, 1]
 
-    def predict_proba(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Class probabilities [B, C] of a per-sequence classifier (binary: C = 2, columns P(0), P(1))."""
+    def predict_proba(self, x: Tensor, lengths: Tensor | None = None, offset: Tensor | None = None) -> Tensor:
+        """Class probabilities [B, C] of a per-sequence classifier (binary: C = 2, columns P(0), P(1)).
+        ``offset`` [B, O]: logits added to the network's (a base model's, see ``ManyToOne``)."""
         cfg = self.config
         if not self.net.per_sequence or cfg.head == "regression":
             raise ValueError(
@@ -131,7 +132,10 @@ class SequenceModel(pl.LightningModule):
                 f"this is {cfg.topology}/{cfg.head}"
             )
         with self._inference():
-            probs = self.predict_step({"x": x.to(self.device), "lengths": lengths})  # [B, 1] or [B, C]
+            batch = {"x": x.to(self.device), "lengths": lengths}
+            if offset is not None:
+                batch["offset"] = offset.to(self.device)  # [B, O]
+            probs = self.predict_step(batch)  # [B, 1] or [B, C]
             if cfg.head == "binary":
                 return torch.cat([1.0 - probs, probs], dim=-1)  # [B, 2]
             return probs  # [B, C]

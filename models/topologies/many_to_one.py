@@ -36,6 +36,10 @@ class ManyToOne(Topology):
     ``pooling="concat"`` reads [last state; max; mean] of the top layer's outputs over the valid steps
     (ULMFiT's concat pooling): in a short text the telling word is often not the last one, and the
     max and mean let the readout see it without the last state having to remember it.
+
+    A batch's ``offset`` [B, O], when present, is added to the readout's logits: another model's
+    log-probabilities that the network learns to correct (a residual on a base model). With the readout
+    zeroed (``zero_readout``) the network starts as exactly that base model.
     """
 
     name: ClassVar[str] = "many_to_one"
@@ -101,8 +105,15 @@ class ManyToOne(Topology):
         return maximum, mean
 
     def infer(self, batch: Mapping[str, Any]) -> Tensor:
-        """One output per sequence, read at its last valid step."""
-        return self(batch["x"], lengths_of(batch))  # [B, O]
+        """One output per sequence, read at its last valid step, plus the batch's ``offset`` if it has one."""
+        logits = self(batch["x"], lengths_of(batch))  # [B, O]
+        offset = batch.get("offset")
+        return logits if offset is None else logits + offset.to(logits.device, logits.dtype)  # [B, O]
+
+    def zero_readout(self) -> None:
+        """Zero the readout's weights and bias: the outputs are then the batch's offset alone."""
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def loss_mask(self, batch: Mapping[str, Any]) -> Tensor | None:
         """None: the loss sits on one output per sequence, so a per-step mask does not apply."""
