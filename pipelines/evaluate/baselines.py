@@ -19,8 +19,10 @@ from typing import Callable, get_args
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegressionCV
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline, make_pipeline
 from threadpoolctl import threadpool_limits
 
@@ -31,6 +33,7 @@ from pipelines.prepare.features import Tokenizer, seasonal_naive
 STATISTICAL = ("naive", "seasonal_naive", *get_args(StatsforecastBaseline))
 C_GRID = (0.25, 1.0, 4.0)  # logistic regression's inverse regularisation, chosen by 3-fold CV
 CV_FOLDS = 3
+BASE_FOLDS = 5  # out-of-fold log-probabilities of the training texts for `base: tfidf_logreg` variants
 
 
 def macro_f1_scorer(estimator: Pipeline | LogisticRegressionCV, features: object, labels: Sequence[str]) -> float:
@@ -87,6 +90,30 @@ def fit_tfidf_logreg(train_texts: Sequence[str], train_labels: Sequence[str], se
     with threadpool_limits(limits=1):
         model.fit(list(train_texts), list(train_labels))
     return model
+
+
+def tfidf_logreg_log_proba(texts: Sequence[str], labels: Sequence[str], train: np.ndarray, classes: list[str],
+                           seed: int) -> tuple[Pipeline, np.ndarray]:
+    """`fit_tfidf_logreg` on the `train` rows, and its log-probabilities [N, C] for every text (columns in
+    `classes` order), the base a `base: tfidf_logreg` variant corrects.
+
+    A training text's row comes from a model fitted on the other folds (BASE_FOLDS, the chosen C, the
+    vectorizer refitted per fold), not from the final one: that one has seen the text, so its training
+    rows would be near-certain and the network would learn to trust the base more than it earns on
+    texts it has not seen. Validation and holdout rows come from the final model, as at serving.
+    """
+    texts, labels = np.asarray(texts, dtype=object), np.asarray(labels, dtype=object)
+    pipeline = fit_tfidf_logreg(texts[train].tolist(), labels[train].tolist(), seed)
+    order = [list(pipeline.classes_).index(label) for label in classes]
+    fold_model = clone(pipeline)
+    fold_model.steps[-1] = ("logisticregression", LogisticRegression(C=float(pipeline[-1].C_[0]), max_iter=1000))
+    folds = StratifiedKFold(BASE_FOLDS, shuffle=True, random_state=seed)
+    log_proba = np.empty((len(texts), len(classes)))
+    with threadpool_limits(limits=1):
+        log_proba[~train] = pipeline.predict_log_proba(texts[~train].tolist())[:, order]
+        log_proba[train] = cross_val_predict(fold_model, texts[train].tolist(), labels[train].tolist(), cv=folds,
+                                             method="predict_log_proba")[:, order]
+    return pipeline, log_proba  # [N, C]
 
 
 def tfidf_logreg_baseline(train_texts: Sequence[str], train_labels: Sequence[str], eval_texts: Sequence[str],

@@ -38,6 +38,8 @@ from pipelines.prepare.features import (
 
 TOKENIZER_FILE = "tokenizer.json"
 VOCABULARY_FILE = "vocabulary.json"
+BASE_MODEL_FILE = "base_model.pkl"  # TF-IDF + logistic regression, for `base: tfidf_logreg` variants
+BASE_LOG_PROBA_FILE = "base_log_proba.parquet"
 SPECIAL_TOKENS = [PAD_TOKEN, UNK_TOKEN, URL_TOKEN, USER_TOKEN]
 FORMAT = "byte-level-bpe"
 
@@ -120,6 +122,30 @@ def encoder_path(prepared: Path) -> Path:
     """The encoder file a prepared directory holds (subwords if prepare learned them, else words)."""
     subwords = prepared / TOKENIZER_FILE
     return subwords if subwords.exists() else prepared / VOCABULARY_FILE
+
+
+def write_base(prepared: Path, pipeline: object, log_proba: np.ndarray, labels: list[str]) -> None:
+    """The base model of `base: tfidf_logreg` variants (pickled, for the served pyfunc) and its
+    log-probabilities [N, C] of every prepared text, in texts.parquet's row order, a column per label."""
+    import pickle
+
+    import pandas as pd
+
+    from pipelines.data.atomic import write_atomic, write_bytes_atomic
+
+    write_bytes_atomic(pickle.dumps(pipeline), prepared / BASE_MODEL_FILE)
+    write_atomic(pd.DataFrame(log_proba, columns=labels), prepared / BASE_LOG_PROBA_FILE)
+
+
+def read_base_log_proba(prepared: Path, labels: list[str]) -> np.ndarray:
+    """`write_base`'s log-probabilities [N, C], columns in `labels` order."""
+    import pandas as pd
+
+    path = prepared / BASE_LOG_PROBA_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: a `base: tfidf_logreg` variant needs prepare to fit its base "
+                                "model; rerun `seqops run` (prepare fits it when a variant asks for it)")
+    return pd.read_parquet(path)[labels].to_numpy(np.float32, copy=True)  # [N, C]
 
 
 def stream(encoder: TextEncoder, texts: Sequence[str], max_length: int) -> np.ndarray:

@@ -360,9 +360,10 @@ def forecast_signature(covariates: list[str], default_horizon: int, future: Futu
 
 def log_pyfunc(directory: Path, python_model: mlflow.pyfunc.PythonModel, network: SequenceModel,
                spec: dict[str, Any], extra_artifacts: dict[str, Path], signature: ModelSignature,
-               input_example: pd.DataFrame) -> str:
+               input_example: pd.DataFrame, requirements: list[str] | None = None) -> str:
     """Log a pyfunc to the active run: weights + spec (model config, serving limits, run id) + the
-    fitted transform files, with this code and pinned dependencies. Returns its models:/m-... URI."""
+    fitted transform files, with this code and pinned dependencies (`requirements`, default
+    `pip_requirements()`). Returns its models:/m-... URI."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), directory / "weights.pt")
     spec = {**spec, "run_id": mlflow.active_run().info.run_id}
@@ -374,7 +375,7 @@ def log_pyfunc(directory: Path, python_model: mlflow.pyfunc.PythonModel, network
         python_model=python_model,
         artifacts=artifacts,
         code_paths=CODE_PATHS,
-        pip_requirements=pip_requirements(),
+        pip_requirements=requirements or pip_requirements(),
         signature=signature,
         input_example=input_example,
     )

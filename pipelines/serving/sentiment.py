@@ -2,7 +2,9 @@
 
 It encodes text with the tokenizer fitted at prepare time (subwords, or the word vocabulary of
 models logged before subwords), scores with the network and applies the temperature evaluate
-fitted on the validation split. Bad input raises the same 400s as the forecast pyfunc.
+fitted on the validation split. A `base: tfidf_logreg` variant carries its base model (TF-IDF +
+logistic regression) and adds its log-probabilities to the network's logits, as in training. Bad
+input raises the same 400s as the forecast pyfunc.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pipelines.evaluate.intervals import read_calibration
 from pipelines.prepare.text import load_encoder
 from pipelines.serving.pyfunc import Prepared, bad_input, load_network, registered_version
 
+BASE_ARTIFACT = "base_model"
+
 
 class SentimentModel(mlflow.pyfunc.PythonModel):
     """Rows of {text} -> {label, score, scores: {label: probability}, model_version}.
@@ -41,9 +45,20 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
         # "encoder": subwords or words; "vocabulary": the artifact name of models logged before subwords.
         self.encoder = load_encoder(Path(context.artifacts.get("encoder") or context.artifacts["vocabulary"]))
         self.labels, self.max_length = spec["labels"], spec["max_length"]
+        self.base = self._load_base(context)
         self.limits = spec["serving"]
         self.version = registered_version(spec.get("run_id"))
         self._calibrate(context)
+
+    def _load_base(self, context: Any) -> Any:
+        """The base model a `base` variant corrects (a pickled scikit-learn pipeline), or None."""
+        if BASE_ARTIFACT not in context.artifacts:
+            return None
+        import pickle
+
+        base = pickle.loads(Path(context.artifacts[BASE_ARTIFACT]).read_bytes())
+        self.base_order = [list(base.classes_).index(label) for label in self.labels]
+        return base
 
     def _calibrate(self, context: Any) -> None:
         """The temperature evaluate fitted on the validation split (pipelines/evaluate/calibration.py), or 1."""
@@ -101,7 +116,13 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
     def _probabilities(self, texts: list[str]) -> np.ndarray:
         """Label probabilities [B, C] of valid texts; the TF-IDF baseline (serving/baseline_pyfunc.py) has its own."""
         ids, lengths = self.encoder.encode_batch(texts, self.max_length)
-        return self.network.predict_proba(torch.from_numpy(ids), torch.from_numpy(lengths)).numpy()  # [B, C]
+        offset = None
+        if self.base is not None:
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=1):
+                offset = torch.from_numpy(self.base.predict_log_proba(texts)[:, self.base_order]).float()  # [B, C]
+        return self.network.predict_proba(torch.from_numpy(ids), torch.from_numpy(lengths), offset).numpy()  # [B, C]
 
 
 def sentiment_signature() -> ModelSignature:

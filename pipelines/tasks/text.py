@@ -48,7 +48,7 @@ class TextKind:
 
     def __init__(self, spec: TextTask) -> None:
         self.spec = spec
-        self._datamodules: dict[Path, TextDataModule] = {}
+        self._datamodules: dict[tuple[Path, str], TextDataModule] = {}
         self._labels: list[str] | None = list(spec.labels) if spec.labels is not None else None
 
     @property
@@ -105,7 +105,23 @@ class TextKind:
             Vocabulary.fit(train, min_freq=settings.min_freq, max_size=settings.max_vocab).save(
                 prepared / VOCABULARY_FILE)
         write_atomic(texts, prepared / TEXTS_FILE)
+        self._prepare_base(texts, prepared)
         write_counts(texts.groupby(["split", "label"]).size().unstack(fill_value=0), prepared / "splits.json")
+
+    def _prepare_base(self, texts: pd.DataFrame, prepared: Path) -> None:
+        """TF-IDF + logistic regression fitted on the training split and its log-probabilities of every text
+        (out-of-fold on the training texts), when a variant has `base: tfidf_logreg`; stale ones removed."""
+        from pipelines.evaluate.baselines import tfidf_logreg_log_proba
+        from pipelines.prepare.text import BASE_LOG_PROBA_FILE, BASE_MODEL_FILE, write_base
+
+        for stale in (BASE_MODEL_FILE, BASE_LOG_PROBA_FILE):
+            (prepared / stale).unlink(missing_ok=True)
+        if all(v.base == "none" for v in self.spec.variants):
+            return
+        pipeline, log_proba = tfidf_logreg_log_proba(texts["text"].tolist(), texts["label"].astype(str).tolist(),
+                                                     (texts["split"] == "train").to_numpy(), self.labels,
+                                                     self.spec.prepare.seed)
+        write_base(prepared, pipeline, log_proba, self.labels)
 
     def load_prepared(self, prepared: Path) -> pd.DataFrame:
         frame = pd.read_parquet(prepared / TEXTS_FILE)
@@ -115,12 +131,14 @@ class TextKind:
     def datamodule(self, prepared: Path, variant: Variant) -> TextDataModule:
         from pipelines.train.datamodules import TextDataModule
 
-        if prepared not in self._datamodules:
+        key = (prepared, variant.base)
+        if key not in self._datamodules:
             labels = self._labels_of(self.load_prepared(prepared))
-            dm = TextDataModule(prepared, labels, self.spec.prepare.max_length, self.spec.training.batch_size)
+            dm = TextDataModule(prepared, labels, self.spec.prepare.max_length, self.spec.training.batch_size,
+                                base=variant.base != "none")
             dm.setup("fit")
-            self._datamodules[prepared] = dm
-        return self._datamodules[prepared]
+            self._datamodules[key] = dm
+        return self._datamodules[key]
 
     def model_config(self, variant: Variant, params: Params, datamodule: TextDataModule) -> dict[str, Any]:
         return {**shared_model_config(variant, self.spec, params), "input_size": 1, "head": "multiclass",
@@ -146,24 +164,32 @@ class TextKind:
                              load_encoder(encoder_path(prepared)), out)
 
     def warm_start(self, root: Path, task: str, network: SequenceModel, variant: Variant) -> list[str]:
-        """The pretrained embedding and core loaded into the variant's network (empty: none pretrained)."""
+        """The pretrained embedding and core loaded into the variant's network (empty: none pretrained). A
+        `base` variant's readout starts at zero, so before its first update it answers as its base model."""
         from pipelines.train.pretrain import warm_start
 
+        if variant.base != "none":
+            network.net.zero_readout()
         return warm_start(network, variant, pretrained_dir(root, task))
 
     def log_model(self, prepared: Path, directory: Path, network: SequenceModel, config: dict[str, Any],
                   variant: Variant | None = None) -> str:
         """The sentiment pyfunc, carrying the fitted encoder so the server encodes text as training did
-        (one encoder for every variant)."""
-        from pipelines.prepare.text import encoder_path
+        (one encoder for every variant), and a `base` variant's base model, which it corrects."""
+        from pipelines.prepare.text import BASE_MODEL_FILE, encoder_path
+        from pipelines.serving.baseline_pyfunc import baseline_requirements
         from pipelines.serving.pyfunc import log_pyfunc
-        from pipelines.serving.sentiment import SentimentModel, sentiment_signature
+        from pipelines.serving.sentiment import BASE_ARTIFACT, SentimentModel, sentiment_signature
 
         spec = self.spec
         payload = {"model": config, "serving": spec.serving.model_dump(),
                    "labels": self._labels_of(self.load_prepared(prepared)), "max_length": spec.prepare.max_length}
-        return log_pyfunc(directory, SentimentModel(), network, payload, {"encoder": encoder_path(prepared)},
-                          sentiment_signature(), pd.DataFrame({"text": EXAMPLE_TEXTS}))
+        artifacts, requirements = {"encoder": encoder_path(prepared)}, None
+        if variant is not None and variant.base != "none":
+            payload["base"] = variant.base
+            artifacts[BASE_ARTIFACT], requirements = prepared / BASE_MODEL_FILE, baseline_requirements()
+        return log_pyfunc(directory, SentimentModel(), network, payload, artifacts, sentiment_signature(),
+                          pd.DataFrame({"text": EXAMPLE_TEXTS}), requirements)
 
     def score(self, frame: pd.DataFrame, model: Any, segment: str) -> Scored:
         """Classification metrics of a sentiment pyfunc on `segment`; the confusion matrix is the details.
@@ -211,15 +237,20 @@ class TextKind:
 
     def baselines(self, prepared: Path, seed: int) -> dict[str, Callable[[Path], str]]:
         """TF-IDF + logistic regression (C by cross-validation) fitted on the training split, served as a
-        pyfunc on raw text with the sentiment contract."""
+        pyfunc on raw text with the sentiment contract; prepare's fit when it made one for `base` variants."""
+        import pickle
+
         from pipelines.evaluate.baselines import fit_tfidf_logreg
+        from pipelines.prepare.text import BASE_MODEL_FILE
         from pipelines.serving.baseline_pyfunc import TfidfSentimentModel, log_baseline_pyfunc, save_pipeline
         from pipelines.serving.sentiment import sentiment_signature
 
         def log(directory: Path) -> str:
             frame = self.load_prepared(prepared)
             train = frame[frame["split"] == "train"]
-            pipeline = fit_tfidf_logreg(train["text"].tolist(), train["label"].tolist(), seed)
+            stored = prepared / BASE_MODEL_FILE  # prepare's fit for `base` variants: the same, deterministic fit
+            pipeline = (pickle.loads(stored.read_bytes()) if stored.exists()
+                        else fit_tfidf_logreg(train["text"].tolist(), train["label"].tolist(), seed))
             spec = {"serving": self.spec.serving.model_dump(), "labels": self._labels_of(frame),
                     "baseline": {"C": float(pipeline[-1].C_[0])}}
             return log_baseline_pyfunc(directory, TfidfSentimentModel(), spec,

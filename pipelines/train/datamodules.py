@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipelines.prepare.features import SeriesTransform, horizon_windows, training_windows
-from pipelines.prepare.text import encoder_path, load_encoder
+from pipelines.prepare.text import encoder_path, load_encoder, read_base_log_proba
 
 
 class _Dicts(Dataset):
@@ -113,20 +113,28 @@ class SeriesDataModule(pl.LightningDataModule):
 
 
 class TextDataModule(pl.LightningDataModule):
-    def __init__(self, prepared: Path, labels: list[str], max_length: int, batch_size: int) -> None:
+    """Encoded texts of the training and validation splits; with `base`, each text also carries its base
+    model's log-probabilities as the batch's `offset` (a `base: tfidf_logreg` variant corrects them)."""
+
+    def __init__(self, prepared: Path, labels: list[str], max_length: int, batch_size: int, base: bool = False) -> None:
         super().__init__()
         self.prepared, self.labels = prepared, labels
-        self.max_length, self.batch_size = max_length, batch_size
+        self.max_length, self.batch_size, self.base = max_length, batch_size, base
 
     def setup(self, stage: str | None = None) -> None:
         self.encoder = load_encoder(encoder_path(self.prepared))
         texts = pd.read_parquet(self.prepared / "texts.parquet")
+        offsets = read_base_log_proba(self.prepared, self.labels) if self.base else None  # [N, C]
         index = {label: i for i, label in enumerate(self.labels)}
         self.sets = {}
         for split in ("train", "validation"):
-            part = texts[texts["split"] == split]
+            rows = (texts["split"] == split).to_numpy()
+            part = texts[rows]
             ids, lengths = self.encoder.encode_batch(part["text"].tolist(), self.max_length)
-            self.sets[split] = _Dicts(x=ids, lengths=lengths, y=part["label"].map(index).to_numpy(np.int64))
+            arrays = {"x": ids, "lengths": lengths, "y": part["label"].map(index).to_numpy(np.int64)}
+            if offsets is not None:
+                arrays["offset"] = offsets[rows]  # [N_split, C]
+            self.sets[split] = _Dicts(**arrays)
 
     @staticmethod
     def _trim(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

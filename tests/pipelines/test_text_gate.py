@@ -22,7 +22,7 @@ from pipelines.data import versioning
 from pipelines.data.ingest import ingest
 from pipelines.evaluate.stage import evaluate_task
 from pipelines.prepare.stage import prepare
-from pipelines.project import metrics_file
+from pipelines.project import metrics_file, train_record
 from pipelines.registry import CANDIDATE_TYPE_TAG, promote
 from pipelines.serving.requests import ModelInputs, invoke
 from pipelines.train.stage import train_task
@@ -91,3 +91,34 @@ def test_a_recurrent_model_worse_than_tfidf_leaves_the_baseline_registered_and_s
         assert set(p["scores"]) == {"negative", "positive"}
         assert p["score"] == pytest.approx(max(p["scores"].values()))
         assert sum(p["scores"].values()) == pytest.approx(1.0)
+
+
+def test_a_gru_correcting_tfidf_is_trained_scored_and_served_through_the_retrain(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same retrain with a `base: tfidf_logreg` variant: prepare fits its base, it trains from it, evaluate
+    scores it beside the baseline it corrects, and its registered model answers the REST contract."""
+    hybrid = {**TASK["variants"][0], "name": "hybrid", "base": "tfidf_logreg"}
+    root = make_project(tmp_path / "project", {"reviews": {**TASK, "variants": [hybrid]}})
+    reviews(600).to_csv(root / "reviews.csv", index=False)
+    monkeypatch.setenv("SEQOPS_ROOT", str(root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / '.seqops' / 'mlflow.db'}")
+    try:
+        task, params = "reviews", load_params(root)
+        ingest(task, params, root)
+        versioning.track(root)
+        prepare(root, task, params)
+        train_task(root, task, params)
+        evaluate_task(root, task, params)
+        metrics = json.loads(metrics_file(root, task).read_text())
+        # It starts as its base (TF-IDF reads this corpus perfectly) and one epoch cannot undo that.
+        assert metrics["variants"]["hybrid"]["macro_f1"] >= metrics["baselines"]["tfidf_logreg"]["macro_f1"] - 0.02
+        record = json.loads(train_record(root, task).read_text())
+        served = mlflow.pyfunc.load_model(record["variants"][0]["model_uri"])
+        body = json.dumps({"dataframe_records": [{"text": "the crew was lovely today"},
+                                                 {"text": "my bag was lost again"}]}).encode()
+        status, answer = invoke(lambda frame, p: served.predict(frame, params=p),
+                                ModelInputs.from_metadata(served.metadata), body)
+        assert status == 200, answer
+        assert [p["label"] for p in json.loads(answer)["predictions"]] == ["positive", "negative"]
+    finally:
+        mlflow.set_tracking_uri(None)

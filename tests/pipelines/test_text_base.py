@@ -1,0 +1,129 @@
+"""A `base: tfidf_logreg` text variant: a recurrent classifier that corrects TF-IDF + logistic regression.
+
+Real parts: prepare fits the base (scikit-learn, C by cross-validation) on the training split, the GRU
+trains on batches that carry the base's log-probabilities, and the variant is logged to and loaded from
+a real MLflow store as the sentiment pyfunc, which computes the base itself from raw text.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from models import ModelConfig, SequenceModel
+from pipelines.config import Params, TextTask
+from pipelines.prepare.text import BASE_LOG_PROBA_FILE, BASE_MODEL_FILE, read_base_log_proba
+from pipelines.tasks.text import TextKind
+from tests.conftest import mlflow_store
+
+FILLER = ["the", "flight", "crew", "seat", "bag", "gate", "was", "today", "again", "my"]
+CUES = {"negative": ["awful", "lost", "delayed"], "neutral": ["ok", "fine", "usual"],
+        "positive": ["lovely", "great", "thanks"]}
+
+
+def reviews(n: int, seed: int = 0) -> pd.DataFrame:
+    """Filler around one cue word that decides the label, one text in five with a cue of another label
+    (so the base is not certain of everything)."""
+    rng = np.random.default_rng(seed)
+    moods = rng.choice(sorted(CUES), n)
+    texts = []
+    for i, mood in enumerate(moods):
+        cue = rng.choice(CUES[mood] if rng.random() > 0.2 else CUES[rng.choice(sorted(CUES))])
+        texts.append(" ".join([*rng.choice(FILLER, 4), cue, f"n{i}"]))
+    return pd.DataFrame({"text": texts, "label": moods})
+
+
+def task(**variant: object) -> TextTask:
+    return TextTask.model_validate({
+        "kind": "text", "source": "x.csv", "prepare": {"max_vocab": 200}, "training": {"max_epochs": 2},
+        "variants": [{"name": "hybrid", "cell": "gru", "hidden_size": 8, "embedding_dim": 8, "lr": 0.01,
+                      "base": "tfidf_logreg", **variant}]})
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[TextKind, Path]:
+    kind, directory = TextKind(task()), tmp_path_factory.mktemp("prepared")
+    clean, _ = kind.validate(reviews(400), "reviews")
+    kind.prepare(clean, directory)
+    return kind, directory
+
+
+def test_prepare_fits_the_base_on_training_texts_and_scores_them_out_of_fold(prepared: tuple[TextKind, Path]) -> None:
+    kind, directory = prepared
+    texts = kind.load_prepared(directory)
+    base = pickle.loads((directory / BASE_MODEL_FILE).read_bytes())
+    log_proba = read_base_log_proba(directory, kind.labels)  # [N, C]
+    assert log_proba.shape == (len(texts), 3)
+    np.testing.assert_allclose(np.exp(log_proba).sum(axis=1), 1.0, atol=1e-5)
+    final = base.predict_log_proba(texts["text"].tolist())[:, [list(base.classes_).index(c) for c in kind.labels]]
+    held = (texts["split"] != "train").to_numpy()
+    np.testing.assert_allclose(log_proba[held], final[held], atol=1e-5)  # what serving computes
+    # A training text's row comes from a model that did not see it: less sure of it than the final model.
+    train = ~held
+    labels = texts["label"].map({c: i for i, c in enumerate(kind.labels)}).to_numpy()
+    own = np.arange(len(texts))
+    assert log_proba[train, labels[train]].mean() < final[own[train], labels[train]].mean() - 0.05
+
+
+def test_without_a_base_variant_prepare_writes_no_base(tmp_path: Path) -> None:
+    kind = TextKind(TextTask.model_validate({"kind": "text", "source": "x.csv", "prepare": {"max_vocab": 200},
+                                             "variants": [{"name": "gru", "cell": "gru"}]}))
+    (tmp_path / BASE_MODEL_FILE).write_bytes(b"stale")
+    clean, _ = kind.validate(reviews(200), "reviews")
+    kind.prepare(clean, tmp_path)
+    assert not (tmp_path / BASE_MODEL_FILE).exists() and not (tmp_path / BASE_LOG_PROBA_FILE).exists()
+
+
+def test_a_base_variant_starts_as_its_base_and_serves_the_correction_from_raw_text(
+        prepared: tuple[TextKind, Path], tmp_path: Path) -> None:
+    kind, directory = prepared
+    variant = kind.spec.variants[0]
+    params = Params.model_validate({"tasks": {"t": kind.spec.model_dump()}})
+    datamodule = kind.datamodule(directory, variant)
+    config = kind.model_config(variant, params, datamodule)
+    pl.seed_everything(0, verbose=False)
+    network = SequenceModel(ModelConfig(**config))
+    assert kind.warm_start(tmp_path, "t", network, variant) == []  # no language model; the readout zeroed
+    texts = kind.load_prepared(directory)
+    holdout = texts[texts["split"] == "holdout"]
+    base = pickle.loads((directory / BASE_MODEL_FILE).read_bytes())
+    order = [list(base.classes_).index(c) for c in kind.labels]
+    with mlflow_store(tmp_path / "store") as experiment, mlflow.start_run(experiment_id=experiment):
+        untrained = mlflow.pyfunc.load_model(kind.log_model(directory, tmp_path / "before", network, config, variant))
+        served = untrained.predict(pd.DataFrame({"text": holdout["text"].tolist()}))
+        expected = base.predict_proba(holdout["text"].tolist())[:, order]  # [N, C]
+        got = np.array([[row[c] for c in kind.labels] for row in served["scores"]])
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+        batch = next(iter(datamodule.train_dataloader()))
+        assert batch["offset"].shape == (batch["x"].shape[0], 3)
+        pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0).fit(network, datamodule=datamodule)
+        assert network.net.head.weight.abs().sum() > 0  # the network learnt a correction
+        trained = mlflow.pyfunc.load_model(kind.log_model(directory, tmp_path / "after", network, config, variant))
+        answers = trained.predict(pd.DataFrame({"text": holdout["text"].tolist()}))
+    ids, lengths = datamodule.encoder.encode_batch(holdout["text"].tolist(), kind.spec.prepare.max_length)
+    offset = torch.from_numpy(read_base_log_proba(directory, kind.labels)[(texts["split"] == "holdout").to_numpy()])
+    direct = network.predict_proba(torch.from_numpy(ids), torch.from_numpy(lengths), offset).numpy()  # [N, C]
+    np.testing.assert_allclose(np.array([[row[c] for c in kind.labels] for row in answers["scores"]]), direct,
+                               atol=1e-5)
+    assert not np.allclose(direct, expected, atol=1e-3)
+
+
+def test_the_default_text_family_has_a_plain_and_a_tfidf_based_gru() -> None:
+    spec = TextTask.model_validate({"kind": "text", "source": "x.csv"})
+    assert [(v.name, v.base) for v in spec.variants] == [("gru", "none"), ("gru-tfidf", "tfidf_logreg")]
+
+
+def test_base_is_refused_on_a_forecasting_variant_naming_it() -> None:
+    with pytest.raises(ValueError, match=r"variants \['gru'\]: base is a text option"):
+        Params.model_validate({"tasks": {"s": {"kind": "timeseries", "source": "s.csv", "timestamp": "t",
+                                                 "target": "y", "variants": [{"name": "gru", "cell": "gru",
+                                                                               "base": "tfidf_logreg"}]}}})
