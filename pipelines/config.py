@@ -64,6 +64,9 @@ class Variant(_Strict):
     # learns what the base gets wrong (README "Text tasks"). tfidf_logreg: the text baseline, fitted by
     # prepare on the training split (out-of-fold on the training texts themselves).
     base: Literal["none", "tfidf_logreg"] = "none"
+    # The seed of this variant's initial weights and batch order (None: training.seed). Variants that differ
+    # only in their seed, with the task's ensemble, make an ensemble of seeds.
+    seed: int | None = None
     # Forecasting only. None: a point forecast trained on squared error, served with conformal intervals.
     # N (3..99): N quantiles of the next value per step trained with the pinball loss; the forecast and its
     # intervals are read from sample paths (README "Prediction intervals"). many_to_many topology only.
@@ -303,6 +306,12 @@ def _default_text_variants() -> list[Variant]:
     return [Variant(name="gru", **gru), Variant(name="gru-tfidf", base="tfidf_logreg", **gru)]
 
 
+class TextEvaluate(_Strict):
+    # The mean of the label probabilities of the best `ensemble_size` variants (by validation macro-F1) is a
+    # candidate of its own; 1 disables it.
+    ensemble_size: PositiveInt = 3
+
+
 class TextServing(_Strict):
     max_text_length: PositiveInt = 1000
     # What happens to a text longer than max_text_length characters: a 400 (reject), or scored on its
@@ -330,6 +339,7 @@ class TextTask(_Strict):
     duplicates: Literal["keep", "drop"] = "drop"
     prepare: TextPrepare = TextPrepare()
     pretrain: TextPretrain = TextPretrain()
+    evaluate: TextEvaluate = TextEvaluate()
     serving: TextServing = TextServing()
     training: TextTraining = TextTraining()
     variants: Variants = Field(default_factory=_default_text_variants)

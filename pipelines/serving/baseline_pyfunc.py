@@ -81,6 +81,28 @@ class TfidfSentimentModel(SentimentModel):
         return probabilities[:, order]  # [B, C] in the task's label order
 
 
+class EnsembleSentimentModel(SentimentModel):
+    """The mean of several sentiment pyfuncs' label probabilities (carried inside this model as artifacts).
+
+    The mean rather than the median: probabilities of a few members average into probabilities, and the
+    ensemble's own temperature (fitted by evaluate on its validation scores) calibrates the result. Members
+    are called through their `_probabilities`, before their own temperatures, after this model validated
+    the request once.
+    """
+
+    def load_context(self, context: Any) -> None:
+        torch.set_num_threads(1)
+        spec = _spec(context)
+        members = sorted(k for k in context.artifacts if k.startswith(MEMBER_PREFIX))
+        self.members = [mlflow.pyfunc.load_model(context.artifacts[k]).unwrap_python_model() for k in members]
+        self.labels, self.limits = spec["labels"], spec["serving"]
+        self.version = registered_version(spec.get("run_id"))
+        self._calibrate(context)
+
+    def _probabilities(self, texts: list[str]) -> np.ndarray:
+        return np.mean([member._probabilities(texts) for member in self.members], axis=0)  # [B, C]
+
+
 def baseline_requirements() -> list[str]:
     """The recurrent pyfunc's pins plus what the baselines import."""
     return [*pip_requirements(), *(f"{name}=={version(name)}" for name in ("statsforecast", "scikit-learn"))]

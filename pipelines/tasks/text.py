@@ -259,8 +259,25 @@ class TextKind:
         return {"tfidf_logreg": log}
 
     def ensemble(self, prepared: Path, ranked: list[str]) -> Callable[[Path], str] | None:
-        """Text ensembles (of seeds) are issue 12's; none yet."""
-        return None
+        """The mean probabilities of the best `evaluate.ensemble_size` variants (`ranked` best first): of
+        seeds, when the variants differ only in their `seed`."""
+        from pipelines.serving.baseline_pyfunc import (
+            MEMBER_PREFIX,
+            EnsembleSentimentModel,
+            log_baseline_pyfunc,
+        )
+        from pipelines.serving.sentiment import sentiment_signature
+
+        members = ranked[:self.spec.evaluate.ensemble_size]
+        if len(members) < 2:
+            return None
+
+        def log(directory: Path) -> str:
+            spec = {"serving": self.spec.serving.model_dump(), "labels": self._labels_of(self.load_prepared(prepared))}
+            artifacts = {f"{MEMBER_PREFIX}{i}": uri for i, uri in enumerate(members)}
+            return log_baseline_pyfunc(directory, EnsembleSentimentModel(), spec, artifacts, sentiment_signature(),
+                                       pd.DataFrame({"text": EXAMPLE_TEXTS}))
+        return log
 
     def plot(self, run_id: str, title: str, scored: Scored, baselines: dict[str, Scored]) -> None:
         from pipelines.train.plots import log_confusion_matrix

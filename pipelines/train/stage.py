@@ -138,12 +138,13 @@ def train_variant(root: Path, task: str, params: Params, variant: Variant, kind:
     prepared = prepared_dir(root, task)
     datamodule = kind.datamodule(prepared, variant)
     config = kind.model_config(variant, params, datamodule)
+    seed = params.training.seed if variant.seed is None else variant.seed
     with child_run(variant.name, task, data_version(root)) as run_id:
         mlflow.log_params({**config, "variant": variant.name, "max_epochs": spec.training.max_epochs,
                            "batch_size": spec.training.batch_size, "precision": params.training.precision,
-                           "seed": params.training.seed})
+                           "seed": seed})
         mlflow.log_params({f"derived.{key}": value for key, value in derived_settings(root, task).items()})
-        pl.seed_everything(params.training.seed, workers=True, verbose=False)
+        pl.seed_everything(seed, workers=True, verbose=False)
         network = SequenceModel(ModelConfig(**config))
         mlflow.log_param("warm_started_tensors", len(kind.warm_start(root, task, network, variant)))
         health = GradientHealth(probe_every_n_steps=params.diagnostics.probe_every_n_steps,

@@ -127,3 +127,29 @@ def test_base_is_refused_on_a_forecasting_variant_naming_it() -> None:
         Params.model_validate({"tasks": {"s": {"kind": "timeseries", "source": "s.csv", "timestamp": "t",
                                                  "target": "y", "variants": [{"name": "gru", "cell": "gru",
                                                                                "base": "tfidf_logreg"}]}}})
+
+
+def test_the_text_ensemble_serves_the_mean_of_its_members_probabilities(
+        prepared: tuple[TextKind, Path], tmp_path: Path) -> None:
+    kind, directory = prepared
+    params = Params.model_validate({"tasks": {"t": kind.spec.model_dump()}})
+    texts = kind.load_prepared(directory)
+    holdout = pd.DataFrame({"text": texts.loc[texts["split"] == "holdout", "text"].tolist()})
+    with mlflow_store(tmp_path / "store") as experiment, mlflow.start_run(experiment_id=experiment):
+        uris = []
+        for seed, variant in ((1, kind.spec.variants[0]), (2, kind.spec.variants[0].model_copy(update={"base": "none"}))):
+            datamodule = kind.datamodule(directory, variant)
+            config = kind.model_config(variant, params, datamodule)
+            pl.seed_everything(seed, verbose=False)
+            network = SequenceModel(ModelConfig(**config))
+            pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                       enable_model_summary=False, num_sanity_val_steps=0).fit(network, datamodule=datamodule)
+            uris.append(kind.log_model(directory, tmp_path / f"m{seed}", network, config, variant))
+        assert kind.ensemble(directory, uris[:1]) is None  # one member is no ensemble
+        ensemble = mlflow.pyfunc.load_model(kind.ensemble(directory, uris)(tmp_path / "ensemble"))
+        members = [mlflow.pyfunc.load_model(uri).unwrap_python_model() for uri in uris]
+        answers = ensemble.predict(holdout)
+    expected = np.mean([m._probabilities(holdout["text"].tolist()) for m in members], axis=0)  # [N, C]
+    got = np.array([[row[c] for c in kind.labels] for row in answers["scores"]])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert not np.allclose(expected, members[0]._probabilities(holdout["text"].tolist()), atol=1e-3)

@@ -96,9 +96,11 @@ def test_a_recurrent_model_worse_than_tfidf_leaves_the_baseline_registered_and_s
 def test_a_gru_correcting_tfidf_is_trained_scored_and_served_through_the_retrain(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same retrain with a `base: tfidf_logreg` variant: prepare fits its base, it trains from it, evaluate
-    scores it beside the baseline it corrects, and its registered model answers the REST contract."""
+    scores it beside the baseline it corrects (and the ensemble of it and a plain GRU of another seed), and
+    its logged model answers the REST contract."""
     hybrid = {**TASK["variants"][0], "name": "hybrid", "base": "tfidf_logreg"}
-    root = make_project(tmp_path / "project", {"reviews": {**TASK, "variants": [hybrid]}})
+    plain = {**TASK["variants"][0], "seed": 7}
+    root = make_project(tmp_path / "project", {"reviews": {**TASK, "variants": [hybrid, plain]}})
     reviews(600).to_csv(root / "reviews.csv", index=False)
     monkeypatch.setenv("SEQOPS_ROOT", str(root))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / '.seqops' / 'mlflow.db'}")
@@ -112,6 +114,10 @@ def test_a_gru_correcting_tfidf_is_trained_scored_and_served_through_the_retrain
         metrics = json.loads(metrics_file(root, task).read_text())
         # It starts as its base (TF-IDF reads this corpus perfectly) and one epoch cannot undo that.
         assert metrics["variants"]["hybrid"]["macro_f1"] >= metrics["baselines"]["tfidf_logreg"]["macro_f1"] - 0.02
+        assert metrics["models"]["ensemble"]["type"] == "ensemble" and "macro_f1" in metrics["variants"]["ensemble"]
+        seeds = {v["variant"]: MlflowClient().get_run(v["run_id"]).data.params["seed"]
+                 for v in json.loads(train_record(root, task).read_text())["variants"]}
+        assert seeds == {"hybrid": str(params.training.seed), "gru": "7"}
         record = json.loads(train_record(root, task).read_text())
         served = mlflow.pyfunc.load_model(record["variants"][0]["model_uri"])
         body = json.dumps({"dataframe_records": [{"text": "the crew was lovely today"},
