@@ -79,15 +79,27 @@ class Classifier:
         self.encoder = load_encoder(encoder_path(prepared))
         self.base = pickle.loads((prepared / BASE_MODEL_FILE).read_bytes()) if base else None
 
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        texts = frame["text"].tolist()
+    def probabilities(self, texts: list[str]) -> np.ndarray:
         ids, lengths = self.encoder.encode_batch(texts, self.max_length)
         offset = None
         if self.base is not None:
             order = [list(self.base.classes_).index(label) for label in self.labels]
             offset = torch.from_numpy(self.base.predict_log_proba(texts)[:, order]).float()  # [B, C]
-        probabilities = self.network.predict_proba(torch.from_numpy(ids), torch.from_numpy(lengths), offset)  # [B, C]
-        return pd.DataFrame({"label": [self.labels[i] for i in probabilities.argmax(dim=1).tolist()]})
+        return self.network.predict_proba(torch.from_numpy(ids), torch.from_numpy(lengths), offset).numpy()  # [B, C]
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        probabilities = self.probabilities(frame["text"].tolist())  # [B, C]
+        return pd.DataFrame({"label": [self.labels[i] for i in probabilities.argmax(axis=1).tolist()]})
+
+
+class Ensemble(Classifier):
+    """The mean probabilities of several classifiers, as the served text ensemble (EnsembleSentimentModel)."""
+
+    def __init__(self, members: list[Classifier]) -> None:
+        self.members, self.labels = members, members[0].labels
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        return np.mean([member.probabilities(texts) for member in self.members], axis=0)  # [B, C]
 
 
 def fit(kind: Any, params: Params, prepared: Path, variant: Variant, pretrained: Path | None
@@ -97,7 +109,7 @@ def fit(kind: Any, params: Params, prepared: Path, variant: Variant, pretrained:
     so CPU seconds are its time on an idle machine, whatever else shares the cores."""
     spec = kind.spec
     datamodule = kind.datamodule(prepared, variant)
-    pl.seed_everything(params.training.seed, workers=True, verbose=False)
+    pl.seed_everything(params.training.seed if variant.seed is None else variant.seed, workers=True, verbose=False)
     network = SequenceModel(ModelConfig(**kind.model_config(variant, params, datamodule)))
     if variant.base != "none":
         network.net.zero_readout()  # as TextKind.warm_start: it starts as its base model
@@ -123,6 +135,14 @@ def one_text_p50_ms(model: Classifier, frame: pd.DataFrame, texts: int = 300) ->
     return float(np.median(times))
 
 
+def score(result: dict[str, Any], candidate: str, kind: Any, frame: pd.DataFrame, model: Classifier,
+          seconds: float) -> None:
+    """`candidate`'s holdout accuracy and macro-F1, its training CPU seconds and one-text p50, into `result`."""
+    scored = kind.score(frame, model, "holdout").metrics
+    result["candidates"][candidate] = {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"],
+                                       "train_cpu_seconds": seconds, "one_text_p50_ms": one_text_p50_ms(model, frame)}
+
+
 def run_corpus(name: str, raw: pd.DataFrame, work: Path) -> dict[str, Any]:
     params = Params.model_validate({"tasks": {name: {"kind": "text", "source": f"{name}.csv"}}})
     kind = kind_for(params.task(name))
@@ -138,15 +158,22 @@ def run_corpus(name: str, raw: pd.DataFrame, work: Path) -> dict[str, Any]:
                               "pretrain_cpu_seconds": time.process_time() - started,
                               "lm_perplexity": summary["models"], "candidates": {}}
     plain = next(v for v in kind.spec.variants if v.base == "none")
+    based = next(v for v in kind.spec.variants if v.base != "none")
+    seeds = [based.model_copy(update={"seed": params.training.seed + k}) for k in (1, 2)]
     arms = [(f"{plain.name}-pretrained", plain, work / f"{name}-lm"), (f"{plain.name}-scratch", plain, None),
-            *((v.name, v, None) for v in kind.spec.variants if v.base != "none")]
+            (based.name, based, None), *((f"{based.name}-seed{v.seed}", v, None) for v in seeds)]
+    models: dict[str, Classifier] = {}
     for candidate, variant, pretrained in arms:
         network, seconds = fit(kind, params, prepared, variant, pretrained)
-        model = Classifier(network, prepared, kind.labels, kind.spec.prepare.max_length, variant.base != "none")
-        scored = kind.score(frame, model, "holdout").metrics
-        result["candidates"][candidate] = {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"],
-                                           "train_cpu_seconds": seconds,
-                                           "one_text_p50_ms": one_text_p50_ms(model, frame)}
+        models[candidate] = Classifier(network, prepared, kind.labels, kind.spec.prepare.max_length,
+                                       variant.base != "none")
+        if candidate.startswith(f"{based.name}-seed"):
+            continue  # members of the seed ensemble only
+        score(result, candidate, kind, frame, models[candidate], seconds)
+    # The default family's ensemble (what evaluate scores beside the variants), and an ensemble of seeds.
+    score(result, "ensemble", kind, frame, Ensemble([models[f"{plain.name}-scratch"], models[based.name]]), 0.0)
+    score(result, f"{based.name}-3-seeds", kind, frame,
+          Ensemble([models[based.name], *(models[f"{based.name}-seed{v.seed}"] for v in seeds)]), 0.0)
     train, holdout = frame[frame["split"] == "train"], frame[frame["split"] == "holdout"]
     started = time.process_time()
     baseline = fit_tfidf_logreg(train["text"].tolist(), train["label"].tolist(), params.training.seed)

@@ -277,9 +277,9 @@ class TextPrepare(_Strict):
 class TextPretrain(_Strict):
     """The language model every text variant starts from (pipelines/train/pretrain.py).
 
-    Off by default: in bench/text_quality.py it helped one corpus of three (1,122 debate lines, +6.6
-    accuracy points), not the two larger ones (-3.3 on 13,905 reviews, -0.2 on the 38,158 tweets), and
-    it adds a quarter to the tweets' retrain (23 CPU seconds). `method: lm` turns it on (worth trying on a small corpus
+    Off by default: in bench/text_quality.py it helped one corpus of four (1,052 debate lines, +6.6
+    accuracy points), not the larger ones (-3.5 on 13,835 reviews, -0.8 on 17,361 Chinese reviews, -0.6
+    on the 37,185 tweets), and it adds 16 CPU seconds to the tweets' retrain. `method: lm` turns it on (worth trying on a small corpus
     or with an `unlabelled` file)."""
 
     method: Literal["lm", "none"] = "none"
