@@ -26,7 +26,9 @@ from pipelines.prepare.text import encoder_path, load_encoder, read_base_log_pro
 
 class _Dicts(Dataset):
     def __init__(self, **arrays: np.ndarray) -> None:
-        self.arrays = {k: torch.as_tensor(v) for k, v in arrays.items()}
+        # np.require copies only a read-only array (pandas' copy-on-write hands those out), which torch
+        # would otherwise wrap with a warning.
+        self.arrays = {k: torch.as_tensor(np.require(v, requirements="W")) for k, v in arrays.items()}
         self.length = len(next(iter(self.arrays.values())))
 
     def __len__(self) -> int:
