@@ -117,11 +117,8 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
         """Label probabilities [B, C] of valid texts; the TF-IDF baseline (serving/baseline_pyfunc.py) has its own."""
         ids, lengths = self.encoder.encode_batch(texts, self.max_length)
         offset = None
-        if self.base is not None:
-            from threadpoolctl import threadpool_limits
-
-            with threadpool_limits(limits=1):
-                offset = torch.from_numpy(self.base.predict_log_proba(texts)[:, self.base_order]).float()  # [B, C]
+        if self.base is not None:  # sparse TF-IDF rows times the coefficients: no BLAS threads to limit
+            offset = torch.from_numpy(self.base.predict_log_proba(texts)[:, self.base_order]).float()  # [B, C]
         return self.network.predict_proba(torch.from_numpy(ids), torch.from_numpy(lengths), offset).numpy()  # [B, C]
 
 
