@@ -111,13 +111,16 @@ class TextKind:
     def _prepare_base(self, texts: pd.DataFrame, prepared: Path) -> None:
         """TF-IDF + logistic regression fitted on the training split and its log-probabilities of every text
         (out-of-fold on the training texts), when a variant has `base: tfidf_logreg`; stale ones removed."""
-        from pipelines.evaluate.baselines import tfidf_logreg_log_proba
+        from pipelines.evaluate.baselines import BASE_FOLDS, tfidf_logreg_log_proba
         from pipelines.prepare.text import BASE_LOG_PROBA_FILE, BASE_MODEL_FILE, write_base
 
         for stale in (BASE_MODEL_FILE, BASE_LOG_PROBA_FILE):
             (prepared / stale).unlink(missing_ok=True)
-        if all(v.base == "none" for v in self.spec.variants):
+        based = [v.name for v in self.spec.variants if v.base != "none"]
+        if not based:
             return
+        print(f"prepare@{prepared.name}: fitting the TF-IDF + logistic regression base of {', '.join(based)} "
+              f"(C by cross-validation, then {BASE_FOLDS} out-of-fold fits)", flush=True)
         pipeline, log_proba = tfidf_logreg_log_proba(texts["text"].tolist(), texts["label"].astype(str).tolist(),
                                                      (texts["split"] == "train").to_numpy(), self.labels,
                                                      self.spec.prepare.seed)
