@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -39,9 +38,10 @@ from bench.common import machine, pin_threads, table, write_result
 from models import ModelConfig, SequenceModel
 from pipelines.config import Params, Variant
 from pipelines.data.sources import package_file, read_source
-from pipelines.evaluate.baselines import fit_tfidf_logreg
+from pipelines.evaluate.baselines import fit_tfidf_logreg, label_order
 from pipelines.evaluate.metrics import classification_metrics
-from pipelines.prepare.text import BASE_MODEL_FILE, encoder_path, load_encoder
+from pipelines.prepare.text import encoder_path, load_encoder, read_base_model
+from pipelines.serving.sentiment import text_probabilities
 from pipelines.tasks import kind_for
 from pipelines.train.pretrain import pretrain, warm_start
 from pipelines.train.stage import RestoreBestEpoch
@@ -70,22 +70,18 @@ CORPORA = {
 
 
 class Classifier:
-    """The served pyfunc's predict contract (texts in, labels out) over a trained network, for `score`; a
-    `base` variant adds its base model's log-probabilities, as the served pyfunc does."""
+    """The served pyfunc's predict contract (texts in, labels out) over a trained network, for `score`; it
+    scores as the served pyfunc does (`text_probabilities`, a `base` variant's base model included)."""
 
     def __init__(self, network: SequenceModel, prepared: Path, labels: list[str], max_length: int,
                  base: bool) -> None:
         self.network, self.labels, self.max_length = network, labels, max_length
         self.encoder = load_encoder(encoder_path(prepared))
-        self.base = pickle.loads((prepared / BASE_MODEL_FILE).read_bytes()) if base else None
+        self.base = read_base_model(prepared) if base else None
+        self.base_order = label_order(self.base, labels) if base else None
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
-        ids, lengths = self.encoder.encode_batch(texts, self.max_length)
-        offset = None
-        if self.base is not None:
-            order = [list(self.base.classes_).index(label) for label in self.labels]
-            offset = torch.from_numpy(self.base.predict_log_proba(texts)[:, order]).float()  # [B, C]
-        return self.network.predict_proba(torch.from_numpy(ids), torch.from_numpy(lengths), offset).numpy()  # [B, C]
+        return text_probabilities(self.network, self.encoder, self.max_length, texts, self.base, self.base_order)
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         probabilities = self.probabilities(frame["text"].tolist())  # [B, C]

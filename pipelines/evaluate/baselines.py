@@ -92,6 +92,12 @@ def fit_tfidf_logreg(train_texts: Sequence[str], train_labels: Sequence[str], se
     return model
 
 
+def label_order(model: Pipeline | LogisticRegressionCV, labels: Sequence[str]) -> list[int]:
+    """The columns of `model`'s class probabilities in `labels` order (scikit-learn sorts its classes)."""
+    classes = list(model.classes_)
+    return [classes.index(label) for label in labels]
+
+
 def tfidf_logreg_log_proba(texts: Sequence[str], labels: Sequence[str], train: np.ndarray, classes: list[str],
                            seed: int) -> tuple[Pipeline, np.ndarray]:
     """`fit_tfidf_logreg` on the `train` rows, and its log-probabilities [N, C] for every text (columns in
@@ -104,7 +110,7 @@ def tfidf_logreg_log_proba(texts: Sequence[str], labels: Sequence[str], train: n
     """
     texts, labels = np.asarray(texts, dtype=object), np.asarray(labels, dtype=object)
     pipeline = fit_tfidf_logreg(texts[train].tolist(), labels[train].tolist(), seed)
-    order = [list(pipeline.classes_).index(label) for label in classes]
+    order = label_order(pipeline, classes)
     fold_model = clone(pipeline)
     fold_model.steps[-1] = ("logisticregression", LogisticRegression(C=float(pipeline[-1].C_[0]), max_iter=1000))
     folds = StratifiedKFold(BASE_FOLDS, shuffle=True, random_state=seed)

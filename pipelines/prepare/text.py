@@ -137,6 +137,14 @@ def write_base(prepared: Path, pipeline: object, log_proba: np.ndarray, labels: 
     write_atomic(pd.DataFrame(log_proba, columns=labels), prepared / BASE_LOG_PROBA_FILE)
 
 
+def read_base_model(prepared: Path) -> object | None:
+    """`write_base`'s model, or None when no variant asked prepare for one."""
+    import pickle
+
+    path = prepared / BASE_MODEL_FILE
+    return pickle.loads(path.read_bytes()) if path.exists() else None
+
+
 def read_base_log_proba(prepared: Path, labels: list[str]) -> np.ndarray:
     """`write_base`'s log-probabilities [N, C], columns in `labels` order."""
     import pandas as pd

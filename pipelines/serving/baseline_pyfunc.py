@@ -16,11 +16,10 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-import torch
 from mlflow.models import ModelSignature
 
-from pipelines.evaluate.baselines import statistical_forecast
-from pipelines.serving.pyfunc import CODE_PATHS, ForecastModel, pip_requirements, registered_version
+from pipelines.evaluate.baselines import label_order, statistical_forecast
+from pipelines.serving.pyfunc import CODE_PATHS, ForecastModel, pip_requirements
 from pipelines.serving.sentiment import SentimentModel
 
 SPEC, PIPELINE = "spec", "pipeline"
@@ -29,6 +28,12 @@ MEMBER_PREFIX = "member_"
 
 def _spec(context: Any) -> dict[str, Any]:
     return json.loads(Path(context.artifacts[SPEC]).read_text())
+
+
+def _members(context: Any) -> list[Any]:
+    """An ensemble's member pyfuncs (its `member_<i>` artifacts), unwrapped to call their scoring directly."""
+    members = sorted(k for k in context.artifacts if k.startswith(MEMBER_PREFIX))
+    return [mlflow.pyfunc.load_model(context.artifacts[k]).unwrap_python_model() for k in members]
 
 
 class StatisticalForecastModel(ForecastModel):
@@ -52,8 +57,7 @@ class EnsembleForecastModel(ForecastModel):
     """
 
     def _load_predictor(self, context: Any) -> tuple[Any, dict[str, Any]]:
-        members = sorted(k for k in context.artifacts if k.startswith(MEMBER_PREFIX))
-        self.members = [mlflow.pyfunc.load_model(context.artifacts[k]).unwrap_python_model() for k in members]
+        self.members = _members(context)
         return None, _spec(context)
 
     def _forecast(self, history: dict[str, np.ndarray], future: dict[str, np.ndarray], last: pd.Timestamp | None,
@@ -65,20 +69,16 @@ class EnsembleForecastModel(ForecastModel):
 class TfidfSentimentModel(SentimentModel):
     """TF-IDF + logistic regression behind the sentiment contract: raw texts in, label and scores out."""
 
-    def load_context(self, context: Any) -> None:
-        torch.set_num_threads(1)
+    def _load_predictor(self, context: Any) -> dict[str, Any]:
         spec = _spec(context)
         self.pipeline = pickle.loads(Path(context.artifacts[PIPELINE]).read_bytes())
-        self.labels, self.limits = spec["labels"], spec["serving"]
-        self.version = registered_version(spec.get("run_id"))
-        self._calibrate(context)
+        self.order = label_order(self.pipeline, spec["labels"])
+        return spec
 
     def _probabilities(self, texts: list[str]) -> np.ndarray:
         # Sparse TF-IDF rows times the coefficients use no BLAS threads; limiting them per request
         # (threadpoolctl) cost 2.6 ms, several times the prediction itself.
-        probabilities = self.pipeline.predict_proba(texts)  # [B, C] in the classifier's class order
-        order = [list(self.pipeline.classes_).index(label) for label in self.labels]
-        return probabilities[:, order]  # [B, C] in the task's label order
+        return self.pipeline.predict_proba(texts)[:, self.order]  # [B, C] in the task's label order
 
 
 class EnsembleSentimentModel(SentimentModel):
@@ -90,14 +90,9 @@ class EnsembleSentimentModel(SentimentModel):
     the request once.
     """
 
-    def load_context(self, context: Any) -> None:
-        torch.set_num_threads(1)
-        spec = _spec(context)
-        members = sorted(k for k in context.artifacts if k.startswith(MEMBER_PREFIX))
-        self.members = [mlflow.pyfunc.load_model(context.artifacts[k]).unwrap_python_model() for k in members]
-        self.labels, self.limits = spec["labels"], spec["serving"]
-        self.version = registered_version(spec.get("run_id"))
-        self._calibrate(context)
+    def _load_predictor(self, context: Any) -> dict[str, Any]:
+        self.members = _members(context)
+        return _spec(context)
 
     def _probabilities(self, texts: list[str]) -> np.ndarray:
         return np.mean([member._probabilities(texts) for member in self.members], axis=0)  # [B, C]

@@ -41,24 +41,27 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         torch.set_num_threads(1)
-        self.network, spec = load_network(context)
-        # "encoder": subwords or words; "vocabulary": the artifact name of models logged before subwords.
-        self.encoder = load_encoder(Path(context.artifacts.get("encoder") or context.artifacts["vocabulary"]))
-        self.labels, self.max_length = spec["labels"], spec["max_length"]
-        self.base = self._load_base(context)
-        self.limits = spec["serving"]
+        spec = self._load_predictor(context)
+        self.labels, self.limits = spec["labels"], spec["serving"]
         self.version = registered_version(spec.get("run_id"))
         self._calibrate(context)
 
-    def _load_base(self, context: Any) -> Any:
-        """The base model a `base` variant corrects (a pickled scikit-learn pipeline), or None."""
-        if BASE_ARTIFACT not in context.artifacts:
-            return None
-        import pickle
+    def _load_predictor(self, context: Any) -> dict[str, Any]:
+        """The network, its encoder and a `base` variant's base model (a pickled scikit-learn pipeline, its
+        columns put in label order once here); returns the model's spec."""
+        self.network, spec = load_network(context)
+        # "encoder": subwords or words; "vocabulary": the artifact name of models logged before subwords.
+        self.encoder = load_encoder(Path(context.artifacts.get("encoder") or context.artifacts["vocabulary"]))
+        self.max_length = spec["max_length"]
+        self.base, self.base_order = None, None
+        if BASE_ARTIFACT in context.artifacts:
+            import pickle
 
-        base = pickle.loads(Path(context.artifacts[BASE_ARTIFACT]).read_bytes())
-        self.base_order = [list(base.classes_).index(label) for label in self.labels]
-        return base
+            from pipelines.evaluate.baselines import label_order
+
+            self.base = pickle.loads(Path(context.artifacts[BASE_ARTIFACT]).read_bytes())
+            self.base_order = label_order(self.base, spec["labels"])
+        return spec
 
     def _calibrate(self, context: Any) -> None:
         """The temperature evaluate fitted on the validation split (pipelines/evaluate/calibration.py), or 1."""
@@ -115,11 +118,18 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
 
     def _probabilities(self, texts: list[str]) -> np.ndarray:
         """Label probabilities [B, C] of valid texts; the TF-IDF baseline (serving/baseline_pyfunc.py) has its own."""
-        ids, lengths = self.encoder.encode_batch(texts, self.max_length)
-        offset = None
-        if self.base is not None:  # sparse TF-IDF rows times the coefficients: no BLAS threads to limit
-            offset = torch.from_numpy(self.base.predict_log_proba(texts)[:, self.base_order]).float()  # [B, C]
-        return self.network.predict_proba(torch.from_numpy(ids), torch.from_numpy(lengths), offset).numpy()  # [B, C]
+        return text_probabilities(self.network, self.encoder, self.max_length, texts, self.base, self.base_order)
+
+
+def text_probabilities(network: Any, encoder: Any, max_length: int, texts: list[str], base: Any = None,
+                       base_order: list[int] | None = None) -> np.ndarray:
+    """A text classifier's label probabilities [B, C]: `texts` encoded to at most `max_length` tokens and, for a
+    `base` variant, its base model's log-probabilities (columns `base_order`) added to the network's logits."""
+    ids, lengths = encoder.encode_batch(texts, max_length)
+    offset = None
+    if base is not None:  # sparse TF-IDF rows times the coefficients: no BLAS threads to limit
+        offset = torch.from_numpy(base.predict_log_proba(texts)[:, base_order]).float()  # [B, C]
+    return network.predict_proba(torch.from_numpy(ids), torch.from_numpy(lengths), offset).numpy()  # [B, C]
 
 
 def sentiment_signature() -> ModelSignature:

@@ -189,7 +189,6 @@ class TextKind:
                    "labels": self._labels_of(self.load_prepared(prepared)), "max_length": spec.prepare.max_length}
         artifacts, requirements = {"encoder": encoder_path(prepared)}, None
         if variant is not None and variant.base != "none":
-            payload["base"] = variant.base
             artifacts[BASE_ARTIFACT], requirements = prepared / BASE_MODEL_FILE, baseline_requirements()
         return log_pyfunc(directory, SentimentModel(), network, payload, artifacts, sentiment_signature(),
                           pd.DataFrame({"text": EXAMPLE_TEXTS}), requirements)
@@ -241,19 +240,17 @@ class TextKind:
     def baselines(self, prepared: Path, seed: int) -> dict[str, Callable[[Path], str]]:
         """TF-IDF + logistic regression (C by cross-validation) fitted on the training split, served as a
         pyfunc on raw text with the sentiment contract; prepare's fit when it made one for `base` variants."""
-        import pickle
-
         from pipelines.evaluate.baselines import fit_tfidf_logreg
-        from pipelines.prepare.text import BASE_MODEL_FILE
+        from pipelines.prepare.text import read_base_model
         from pipelines.serving.baseline_pyfunc import TfidfSentimentModel, log_baseline_pyfunc, save_pipeline
         from pipelines.serving.sentiment import sentiment_signature
 
         def log(directory: Path) -> str:
             frame = self.load_prepared(prepared)
             train = frame[frame["split"] == "train"]
-            stored = prepared / BASE_MODEL_FILE  # prepare's fit for `base` variants: the same, deterministic fit
-            pipeline = (pickle.loads(stored.read_bytes()) if stored.exists()
-                        else fit_tfidf_logreg(train["text"].tolist(), train["label"].tolist(), seed))
+            pipeline = read_base_model(prepared)  # prepare's fit for `base` variants: the same, deterministic fit
+            if pipeline is None:
+                pipeline = fit_tfidf_logreg(train["text"].tolist(), train["label"].tolist(), seed)
             spec = {"serving": self.spec.serving.model_dump(), "labels": self._labels_of(frame),
                     "baseline": {"C": float(pipeline[-1].C_[0])}}
             return log_baseline_pyfunc(directory, TfidfSentimentModel(), spec,
