@@ -40,6 +40,16 @@ def reviews(n: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"text": texts, "label": moods})
 
 
+def fit(network: SequenceModel, datamodule: pl.LightningDataModule, epochs: int) -> None:
+    pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, num_sanity_val_steps=0).fit(network, datamodule=datamodule)
+
+
+def scores(answers: pd.DataFrame, labels: list[str]) -> np.ndarray:
+    """The served `scores` [N, C], columns in `labels` order."""
+    return np.array([[row[label] for label in labels] for row in answers["scores"]])
+
+
 def task(**variant: object) -> TextTask:
     return TextTask.model_validate({
         "kind": "text", "source": "x.csv", "prepare": {"max_vocab": 200}, "training": {"max_epochs": 2},
@@ -99,21 +109,18 @@ def test_a_base_variant_starts_as_its_base_and_serves_the_correction_from_raw_te
         untrained = mlflow.pyfunc.load_model(kind.log_model(directory, tmp_path / "before", network, config, variant))
         served = untrained.predict(pd.DataFrame({"text": holdout["text"].tolist()}))
         expected = base.predict_proba(holdout["text"].tolist())[:, order]  # [N, C]
-        got = np.array([[row[c] for c in kind.labels] for row in served["scores"]])
-        np.testing.assert_allclose(got, expected, atol=1e-5)
+        np.testing.assert_allclose(scores(served, kind.labels), expected, atol=1e-5)
 
         batch = next(iter(datamodule.train_dataloader()))
         assert batch["offset"].shape == (batch["x"].shape[0], 3)
-        pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, num_sanity_val_steps=0).fit(network, datamodule=datamodule)
+        fit(network, datamodule, epochs=2)
         assert network.net.head.weight.abs().sum() > 0  # the network learnt a correction
         trained = mlflow.pyfunc.load_model(kind.log_model(directory, tmp_path / "after", network, config, variant))
         answers = trained.predict(pd.DataFrame({"text": holdout["text"].tolist()}))
     ids, lengths = datamodule.encoder.encode_batch(holdout["text"].tolist(), kind.spec.prepare.max_length)
     offset = torch.from_numpy(read_base_log_proba(directory, kind.labels)[(texts["split"] == "holdout").to_numpy()])
     direct = network.predict_proba(torch.from_numpy(ids), torch.from_numpy(lengths), offset).numpy()  # [N, C]
-    np.testing.assert_allclose(np.array([[row[c] for c in kind.labels] for row in answers["scores"]]), direct,
-                               atol=1e-5)
+    np.testing.assert_allclose(scores(answers, kind.labels), direct, atol=1e-5)
     assert not np.allclose(direct, expected, atol=1e-3)
 
 
@@ -142,14 +149,12 @@ def test_the_text_ensemble_serves_the_mean_of_its_members_probabilities(
             config = kind.model_config(variant, params, datamodule)
             pl.seed_everything(seed, verbose=False)
             network = SequenceModel(ModelConfig(**config))
-            pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                       enable_model_summary=False, num_sanity_val_steps=0).fit(network, datamodule=datamodule)
+            fit(network, datamodule, epochs=1)
             uris.append(kind.log_model(directory, tmp_path / f"m{seed}", network, config, variant))
         assert kind.ensemble(directory, uris[:1]) is None  # one member is no ensemble
         ensemble = mlflow.pyfunc.load_model(kind.ensemble(directory, uris)(tmp_path / "ensemble"))
         members = [mlflow.pyfunc.load_model(uri).unwrap_python_model() for uri in uris]
         answers = ensemble.predict(holdout)
     expected = np.mean([m._probabilities(holdout["text"].tolist()) for m in members], axis=0)  # [N, C]
-    got = np.array([[row[c] for c in kind.labels] for row in answers["scores"]])
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(scores(answers, kind.labels), expected, atol=1e-5)
     assert not np.allclose(expected, members[0]._probabilities(holdout["text"].tolist()), atol=1e-3)

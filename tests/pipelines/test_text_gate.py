@@ -9,7 +9,9 @@ perfectly, while a 4-unit GRU after one epoch of two batches has barely moved fr
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -17,7 +19,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import load_params
+from pipelines.config import Params, load_params
 from pipelines.data import versioning
 from pipelines.data.ingest import ingest
 from pipelines.evaluate.stage import evaluate_task
@@ -26,12 +28,12 @@ from pipelines.project import metrics_file, train_record
 from pipelines.registry import CANDIDATE_TYPE_TAG, promote
 from pipelines.serving.requests import ModelInputs, invoke
 from pipelines.train.stage import train_task
-from tests.conftest import make_project
+from tests.conftest import make_project, use_project
 
 FILLER = ["the", "flight", "crew", "seat", "bag", "gate", "was", "today", "again", "my"]
 CUES = {"positive": ["lovely", "great", "thanks"], "negative": ["awful", "lost", "delayed"]}
 # Five lines and the tiny sizes that force the loss: one epoch, a 4-unit GRU, no language model.
-TASK = {"kind": "text", "source": "reviews.csv", "text": "review", "label": "mood",
+TASK = {"kind": "text", "source": "sources/reviews.csv", "text": "review", "label": "mood",
         "pretrain": {"method": "none"},
         "training": {"max_epochs": 1, "batch_size": 256},
         "variants": [{"name": "gru", "cell": "gru", "hidden_size": 4, "embedding_dim": 4, "lr": 0.001}]}
@@ -46,27 +48,39 @@ def reviews(n: int, seed: int = 0) -> pd.DataFrame:
 
 
 @pytest.fixture
-def text_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = make_project(tmp_path / "project", {"reviews": TASK})
-    reviews(600).to_csv(root / "reviews.csv", index=False)
-    uri = f"sqlite:///{root / '.seqops' / 'mlflow.db'}"
-    monkeypatch.setenv("SEQOPS_ROOT", str(root))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    yield root
+def text_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[dict], Path]]:
+    """`text_project(task)`: a project whose `reviews` task is `task`, over 600 generated reviews."""
+    yield lambda task: use_project(make_project(tmp_path / "project", {"reviews": task}), monkeypatch,
+                                   {"reviews": reviews(600)})
     mlflow.set_tracking_uri(None)
 
 
-def test_a_recurrent_model_worse_than_tfidf_leaves_the_baseline_registered_and_served(text_project: Path) -> None:
-    root, task = text_project, "reviews"
+def retrain(root: Path, task: str) -> tuple[Params, dict]:
+    """Ingest, version, prepare, train and evaluate `task`; its params and metrics/<task>.json."""
     params = load_params(root)
     ingest(task, params, root)
     versioning.track(root)
     prepare(root, task, params)
     train_task(root, task, params)
     evaluate_task(root, task, params)
+    return params, json.loads(metrics_file(root, task).read_text())
+
+
+def answer(model: Any, texts: list[str]) -> list[dict]:
+    """`model`'s predictions for `texts` through the REST contract (status 200 asserted)."""
+    body = json.dumps({"dataframe_records": [{"text": text} for text in texts]}).encode()
+    status, response = invoke(lambda frame, p: model.predict(frame, params=p), ModelInputs.from_metadata(model.metadata),
+                              body)
+    assert status == 200, response
+    return json.loads(response)["predictions"]
+
+
+def test_a_recurrent_model_worse_than_tfidf_leaves_the_baseline_registered_and_served(
+        text_project: Callable[[dict], Path]) -> None:
+    root, task = text_project(TASK), "reviews"
+    params, metrics = retrain(root, task)
     decision = promote(root, task, params, rescore=lambda uri: pytest.fail(f"no champion to re-score: {uri}"))
 
-    metrics = json.loads(metrics_file(root, task).read_text())
     gru, baseline = metrics["variants"]["gru"]["macro_f1"], metrics["baselines"]["tfidf_logreg"]["macro_f1"]
     assert baseline > gru + 0.2  # the tiny GRU really is worse
     assert metrics["chosen"] == "tfidf_logreg" and metrics["chosen_type"] == "baseline"
@@ -80,12 +94,7 @@ def test_a_recurrent_model_worse_than_tfidf_leaves_the_baseline_registered_and_s
     champion = client.get_model_version_by_alias(f"seqops-{task}", "champion")
     assert champion.tags[CANDIDATE_TYPE_TAG] == "baseline" and champion.tags["variant"] == "tfidf_logreg"
     served = mlflow.pyfunc.load_model(f"models:/seqops-{task}@champion")
-    body = json.dumps({"dataframe_records": [{"text": "the crew was lovely today"},
-                                             {"text": "my bag was lost again"}]}).encode()
-    status, answer = invoke(lambda frame, p: served.predict(frame, params=p),
-                            ModelInputs.from_metadata(served.metadata), body)
-    assert status == 200, answer
-    predictions = json.loads(answer)["predictions"]
+    predictions = answer(served, ["the crew was lovely today", "my bag was lost again"])
     assert [p["label"] for p in predictions] == ["positive", "negative"]
     for p in predictions:
         assert set(p["scores"]) == {"negative", "positive"}
@@ -94,37 +103,20 @@ def test_a_recurrent_model_worse_than_tfidf_leaves_the_baseline_registered_and_s
 
 
 def test_a_gru_correcting_tfidf_is_trained_scored_and_served_through_the_retrain(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        text_project: Callable[[dict], Path]) -> None:
     """The same retrain with a `base: tfidf_logreg` variant: prepare fits its base, it trains from it, evaluate
     scores it beside the baseline it corrects (and the ensemble of it and a plain GRU of another seed), and
     its logged model answers the REST contract."""
     hybrid = {**TASK["variants"][0], "name": "hybrid", "base": "tfidf_logreg"}
     plain = {**TASK["variants"][0], "seed": 7}
-    root = make_project(tmp_path / "project", {"reviews": {**TASK, "variants": [hybrid, plain]}})
-    reviews(600).to_csv(root / "reviews.csv", index=False)
-    monkeypatch.setenv("SEQOPS_ROOT", str(root))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / '.seqops' / 'mlflow.db'}")
-    try:
-        task, params = "reviews", load_params(root)
-        ingest(task, params, root)
-        versioning.track(root)
-        prepare(root, task, params)
-        train_task(root, task, params)
-        evaluate_task(root, task, params)
-        metrics = json.loads(metrics_file(root, task).read_text())
-        # It starts as its base (TF-IDF reads this corpus perfectly) and one epoch cannot undo that.
-        assert metrics["variants"]["hybrid"]["macro_f1"] >= metrics["baselines"]["tfidf_logreg"]["macro_f1"] - 0.02
-        assert metrics["models"]["ensemble"]["type"] == "ensemble" and "macro_f1" in metrics["variants"]["ensemble"]
-        seeds = {v["variant"]: MlflowClient().get_run(v["run_id"]).data.params["seed"]
-                 for v in json.loads(train_record(root, task).read_text())["variants"]}
-        assert seeds == {"hybrid": str(params.training.seed), "gru": "7"}
-        record = json.loads(train_record(root, task).read_text())
-        served = mlflow.pyfunc.load_model(record["variants"][0]["model_uri"])
-        body = json.dumps({"dataframe_records": [{"text": "the crew was lovely today"},
-                                                 {"text": "my bag was lost again"}]}).encode()
-        status, answer = invoke(lambda frame, p: served.predict(frame, params=p),
-                                ModelInputs.from_metadata(served.metadata), body)
-        assert status == 200, answer
-        assert [p["label"] for p in json.loads(answer)["predictions"]] == ["positive", "negative"]
-    finally:
-        mlflow.set_tracking_uri(None)
+    root, task = text_project({**TASK, "variants": [hybrid, plain]}), "reviews"
+    params, metrics = retrain(root, task)
+    # It starts as its base (TF-IDF reads this corpus perfectly) and one epoch cannot undo that.
+    assert metrics["variants"]["hybrid"]["macro_f1"] >= metrics["baselines"]["tfidf_logreg"]["macro_f1"] - 0.02
+    assert metrics["models"]["ensemble"]["type"] == "ensemble" and "macro_f1" in metrics["variants"]["ensemble"]
+    record = json.loads(train_record(root, task).read_text())
+    seeds = {v["variant"]: MlflowClient().get_run(v["run_id"]).data.params["seed"] for v in record["variants"]}
+    assert seeds == {"hybrid": str(params.training.seed), "gru": "7"}
+    served = mlflow.pyfunc.load_model(record["variants"][0]["model_uri"])
+    predictions = answer(served, ["the crew was lovely today", "my bag was lost again"])
+    assert [p["label"] for p in predictions] == ["positive", "negative"]
