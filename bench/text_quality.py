@@ -41,6 +41,7 @@ from pipelines.data.sources import package_file, read_source
 from pipelines.evaluate.baselines import fit_tfidf_logreg, label_order
 from pipelines.evaluate.metrics import classification_metrics
 from pipelines.prepare.text import encoder_path, load_encoder, read_base_model
+from pipelines.serving.linear_text import LinearTextScorer
 from pipelines.serving.sentiment import text_probabilities
 from pipelines.tasks import kind_for
 from pipelines.train.pretrain import pretrain, warm_start
@@ -77,7 +78,7 @@ class Classifier:
                  base: bool) -> None:
         self.network, self.labels, self.max_length = network, labels, max_length
         self.encoder = load_encoder(encoder_path(prepared))
-        self.base = read_base_model(prepared) if base else None
+        self.base = LinearTextScorer(read_base_model(prepared)) if base else None
         self.base_order = label_order(self.base, labels) if base else None
 
     def probabilities(self, texts: list[str]) -> np.ndarray:

@@ -19,6 +19,7 @@ import pandas as pd
 from mlflow.models import ModelSignature
 
 from pipelines.evaluate.baselines import label_order, statistical_forecast
+from pipelines.serving.linear_text import LinearTextScorer
 from pipelines.serving.pyfunc import CODE_PATHS, ForecastModel, pip_requirements
 from pipelines.serving.sentiment import SentimentModel
 
@@ -67,17 +68,16 @@ class EnsembleForecastModel(ForecastModel):
 
 
 class TfidfSentimentModel(SentimentModel):
-    """TF-IDF + logistic regression behind the sentiment contract: raw texts in, label and scores out."""
+    """TF-IDF + logistic regression behind the sentiment contract: raw texts in, label and scores out (scored
+    from the fitted pipeline's parameters, serving/linear_text.py)."""
 
     def _load_predictor(self, context: Any) -> dict[str, Any]:
         spec = _spec(context)
-        self.pipeline = pickle.loads(Path(context.artifacts[PIPELINE]).read_bytes())
+        self.pipeline = LinearTextScorer(pickle.loads(Path(context.artifacts[PIPELINE]).read_bytes()))
         self.order = label_order(self.pipeline, spec["labels"])
         return spec
 
     def _probabilities(self, texts: list[str]) -> np.ndarray:
-        # Sparse TF-IDF rows times the coefficients use no BLAS threads; limiting them per request
-        # (threadpoolctl) cost 2.6 ms, several times the prediction itself.
         return self.pipeline.predict_proba(texts)[:, self.order]  # [B, C] in the task's label order
 
 

@@ -47,8 +47,9 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
         self._calibrate(context)
 
     def _load_predictor(self, context: Any) -> dict[str, Any]:
-        """The network, its encoder and a `base` variant's base model (a pickled scikit-learn pipeline, its
-        columns put in label order once here); returns the model's spec."""
+        """The network, its encoder and a `base` variant's base model (a pickled scikit-learn pipeline, scored
+        from its parameters by LinearTextScorer, its columns put in label order once here); returns the
+        model's spec."""
         self.network, spec = load_network(context)
         # "encoder": subwords or words; "vocabulary": the artifact name of models logged before subwords.
         self.encoder = load_encoder(Path(context.artifacts.get("encoder") or context.artifacts["vocabulary"]))
@@ -58,8 +59,9 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
             import pickle
 
             from pipelines.evaluate.baselines import label_order
+            from pipelines.serving.linear_text import LinearTextScorer
 
-            self.base = pickle.loads(Path(context.artifacts[BASE_ARTIFACT]).read_bytes())
+            self.base = LinearTextScorer(pickle.loads(Path(context.artifacts[BASE_ARTIFACT]).read_bytes()))
             self.base_order = label_order(self.base, spec["labels"])
         return spec
 
@@ -127,7 +129,7 @@ def text_probabilities(network: Any, encoder: Any, max_length: int, texts: list[
     `base` variant, its base model's log-probabilities (columns `base_order`) added to the network's logits."""
     ids, lengths = encoder.encode_batch(texts, max_length)
     offset = None
-    if base is not None:  # sparse TF-IDF rows times the coefficients: no BLAS threads to limit
+    if base is not None:
         offset = torch.from_numpy(base.predict_log_proba(texts)[:, base_order]).float()  # [B, C]
     return network.predict_proba(torch.from_numpy(ids), torch.from_numpy(lengths), offset).numpy()  # [B, C]
 
