@@ -117,8 +117,15 @@ def tfidf_logreg_log_proba(texts: Sequence[str], labels: Sequence[str], train: n
     log_proba = np.empty((len(texts), len(classes)))
     with threadpool_limits(limits=1):
         log_proba[~train] = pipeline.predict_log_proba(texts[~train].tolist())[:, order]
-        log_proba[train] = cross_val_predict(fold_model, texts[train].tolist(), labels[train].tolist(), cv=folds,
-                                             method="predict_log_proba")[:, order]
+        held_out = cross_val_predict(fold_model, texts[train].tolist(), labels[train].tolist(), cv=folds,
+                                     method="predict_log_proba")[:, order]  # [n_train, C]
+    # A label with fewer training texts than folds is missing from some fold's fit, and scikit-learn pads its
+    # column with the most negative float (-inf once the network reads it as float32): such a text gets the
+    # lowest log-probability any fold model gave instead, finite and still the least likely.
+    padded = held_out <= np.finfo(held_out.dtype).min
+    if padded.any():
+        held_out[padded] = held_out[~padded].min()
+    log_proba[train] = held_out
     return pipeline, log_proba  # [N, C]
 
 

@@ -461,10 +461,13 @@ def stratified_split(labels: Sequence[str], validation: float, holdout: float, s
         rest, held = train_test_split(rows, test_size=holdout, stratify=labels, random_state=seed)
         train, valid = train_test_split(rest, test_size=validation / (1 - holdout), stratify=labels[rest],
                                         random_state=seed)
-    except ValueError as e:
+    except ValueError as e:  # too few rows of a label (or in all) for one in every split
+        from pipelines.data.validate import InvalidDataError
+
         names, counts = np.unique(labels, return_counts=True)
-        raise ValueError(f"cannot stratify {len(labels)} rows with label counts "
-                         f"{dict(zip(names.tolist(), counts.tolist()))}: {e}") from None
+        raise InvalidDataError(f"cannot split {len(labels)} texts with label counts "
+                               f"{dict(zip(names.tolist(), counts.tolist()))} into train, validation and holdout "
+                               f"keeping every label's share ({e}): add texts of the rare labels") from None
     split = np.empty(len(labels), dtype=object)
     split[train], split[valid], split[held] = SPLITS
     return split.astype(str)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from pipelines.config import Params, TextTask, Variant
 from pipelines.data.atomic import write_atomic
-from pipelines.data.validate import validate_text
+from pipelines.data.validate import InvalidDataError, validate_text
 from pipelines.prepare.features import Vocabulary, stratified_split
 from pipelines.project import pretrained_dir
 from pipelines.tasks.base import Calibration, Scored, shared_model_config, write_counts
@@ -87,6 +87,11 @@ class TextKind:
             derived["labels"] = self._labels_of(raw)
         if "variants" not in given.model_fields_set:
             derived["variants"] = [v.name for v in given.variants]
+        counts = raw["label"].astype(str).value_counts()
+        if absent := [label for label in self.labels if label not in counts.index]:
+            raise InvalidDataError(f"{prepared.name}: labels {absent} are declared in `labels` but no text has them; "
+                                   f"a classifier cannot learn a label it never sees: add texts with them or take "
+                                   f"them out of `labels` (found: {counts.to_dict()})")
         texts = raw.assign(split=stratified_split(raw["label"].tolist(), settings.validation, settings.holdout,
                                                   settings.seed))
         training = given.training

@@ -19,6 +19,8 @@ import torch
 
 from models import ModelConfig, SequenceModel
 from pipelines.config import Params, TextTask
+from pipelines.data.validate import InvalidDataError
+from pipelines.evaluate.baselines import tfidf_logreg_log_proba
 from pipelines.prepare.text import BASE_LOG_PROBA_FILE, BASE_MODEL_FILE, read_base_log_proba
 from pipelines.tasks.text import TextKind
 from tests.conftest import mlflow_store
@@ -89,6 +91,36 @@ def test_without_a_base_variant_prepare_writes_no_base(tmp_path: Path) -> None:
     clean, _ = kind.validate(reviews(200), "reviews")
     kind.prepare(clean, tmp_path)
     assert not (tmp_path / BASE_MODEL_FILE).exists() and not (tmp_path / BASE_LOG_PROBA_FILE).exists()
+
+
+def test_a_label_rarer_than_the_folds_gets_finite_base_log_probabilities() -> None:
+    """One 'neutral' training text: the fold that holds it out fits without the label, and scikit-learn
+    pads that column with the most negative float (-inf in float32); the base the network reads stays finite."""
+    raw = reviews(300)
+    train = np.ones(len(raw), dtype=bool)
+    train[raw.index[raw["label"] == "neutral"][1:]] = False
+    _, log_proba = tfidf_logreg_log_proba(raw["text"].tolist(), raw["label"].tolist(), train, sorted(CUES), seed=0)
+    assert np.isfinite(log_proba.astype(np.float32)).all()
+    # the rows of the fold fitted without it (a fifth of them) share one value: the lowest log-probability
+    # of the fold models, not the padding
+    floor = log_proba[train, sorted(CUES).index("neutral")] == log_proba[train].min()  # [n_train]
+    assert floor.sum() > train.sum() // 10
+
+
+def test_a_declared_label_without_texts_stops_prepare_naming_it(tmp_path: Path) -> None:
+    kind = TextKind(task().model_copy(update={"labels": ["negative", "neutral", "positive", "sarcastic"]}))
+    clean, _ = kind.validate(reviews(200), "reviews")
+    with pytest.raises(InvalidDataError, match=r"labels \['sarcastic'\] are declared in `labels` but no text has"):
+        kind.prepare(clean, tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_label_too_rare_to_split_is_a_data_error_with_the_counts(tmp_path: Path) -> None:
+    kind = TextKind(task())
+    raw = reviews(200)
+    clean, _ = kind.validate(raw.drop(raw.index[raw["label"] == "neutral"][1:]), "reviews")
+    with pytest.raises(InvalidDataError, match=r"'neutral': 1,.*add texts of the rare labels"):
+        kind.prepare(clean, tmp_path)
 
 
 def test_a_base_variant_starts_as_its_base_and_serves_the_correction_from_raw_text(
