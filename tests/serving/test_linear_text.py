@@ -39,6 +39,10 @@ def test_scores_as_the_pipeline(tweets: tuple[list[str], list[str]], labels: tup
     assert got.shape == expected.shape == (len(unseen), len(labels))
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
     np.testing.assert_allclose(scorer.predict_proba(unseen), pipeline.predict_proba(unseen), rtol=0, atol=1e-12)
+    # one text at a time (a one-text request), an unknown one first in its batch: the same rows
+    for index in (0, 1, len(unseen) - 1):
+        np.testing.assert_allclose(scorer.predict_log_proba([unseen[index]]), expected[[index]], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(scorer.predict_log_proba([UNKNOWN[0], *unseen[:3]])[1:], expected[:3], rtol=0, atol=1e-9)
     # no known term: the intercept alone decides, as it does for scikit-learn's all-zero row
     assert np.ptp(got[-len(UNKNOWN):], axis=0).max() < 1e-12
 
