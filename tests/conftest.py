@@ -8,12 +8,16 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import pandas as pd
 import pytest
 import torch
 import yaml
+
+if TYPE_CHECKING:
+    from pipelines.config import Params
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -118,6 +122,20 @@ def use_project(root: Path, monkeypatch: pytest.MonkeyPatch, sources: dict[str, 
     monkeypatch.setenv("SEQOPS_ROOT", str(root))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / '.seqops' / 'mlflow.db'}")
     return root
+
+
+def prepared_task(root: Path, task: str) -> tuple[Params, Path]:
+    """The first stages of a retrain of `task` in the project at `root`: params loaded, raw data ingested and
+    versioned with DVC, prepared. Returns the params and prepared/<task>."""
+    from pipelines.config import load_params
+    from pipelines.data import versioning
+    from pipelines.data.ingest import ingest
+    from pipelines.prepare.stage import prepare
+
+    params = load_params(root)
+    ingest(task, params, root)
+    versioning.track(root)
+    return params, prepare(root, task, params)
 
 
 @pytest.fixture

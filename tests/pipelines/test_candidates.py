@@ -20,14 +20,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import Metric, load_params
-from pipelines.data import versioning
-from pipelines.data.ingest import ingest
 from pipelines.evaluate.stage import choose, evaluate_task, load_prepared, score_model
-from pipelines.prepare.stage import prepare
 from pipelines.project import metrics_file
 from pipelines.registry import CANDIDATE_TYPE_TAG, decide, promote
 from pipelines.train.stage import RestoreBestEpoch, train_task
-from tests.conftest import TINY_FORECAST, make_project
+from tests.conftest import TINY_FORECAST, make_project, prepared_task
 
 TWO_TINY = {**TINY_FORECAST, "variants": [
     {"name": "lstm", "cell": "lstm", "hidden_size": 4, "k1": 26, "k2": 26, "lr": 0.01},
@@ -63,10 +60,7 @@ def _retrain(root: Path):
 @pytest.mark.slow
 def test_losing_recurrent_models_leave_the_best_baseline_registered_served_and_rescored(forecast_project: Path) -> None:
     root = forecast_project
-    params = load_params(root)
-    ingest("forecast", params, root)
-    versioning.track(root)
-    prepare(root, "forecast", params)
+    params, _ = prepared_task(root, "forecast")
 
     first, rescored, metrics = _retrain(root)
     assert set(metrics["baselines"]) == {"naive", "seasonal_naive", "auto_ets", "auto_theta"}

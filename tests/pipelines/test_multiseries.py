@@ -10,14 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.config import load_params
-from pipelines.data import versioning
-from pipelines.data.ingest import ingest
 from pipelines.evaluate.stage import evaluate_task
-from pipelines.prepare.stage import prepare
 from pipelines.project import metrics_file, train_record
 from pipelines.train.stage import train_task
-from tests.conftest import make_project, use_project
+from tests.conftest import make_project, prepared_task, use_project
 
 TASK = {
     "kind": "timeseries",
@@ -57,10 +53,8 @@ def stores_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_several_series_with_a_covariate_train_evaluate_and_forecast(stores_project: Path) -> None:
     root = stores_project
-    params = load_params(root)
-    ingest("stores", params, root)
-    versioning.track(root)
-    splits = json.loads((prepare(root, "stores", params) / "splits.json").read_text())
+    params, prepared = prepared_task(root, "stores")
+    splits = json.loads((prepared / "splits.json").read_text())
     assert splits == {s: {"train": 80, "validation": 20, "holdout": 20} for s in ("north", "south")}
 
     train_task(root, "stores", params)

@@ -19,16 +19,13 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import Params, load_params
-from pipelines.data import versioning
-from pipelines.data.ingest import ingest
+from pipelines.config import Params
 from pipelines.evaluate.stage import evaluate_task
-from pipelines.prepare.stage import prepare
 from pipelines.project import metrics_file, train_record
 from pipelines.registry import CANDIDATE_TYPE_TAG, promote
 from pipelines.serving.requests import ModelInputs, invoke
 from pipelines.train.stage import train_task
-from tests.conftest import make_project, use_project
+from tests.conftest import make_project, prepared_task, use_project
 
 FILLER = ["the", "flight", "crew", "seat", "bag", "gate", "was", "today", "again", "my"]
 CUES = {"positive": ["lovely", "great", "thanks"], "negative": ["awful", "lost", "delayed"]}
@@ -57,10 +54,7 @@ def text_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ca
 
 def retrain(root: Path, task: str) -> tuple[Params, dict]:
     """Ingest, version, prepare, train and evaluate `task`; its params and metrics/<task>.json."""
-    params = load_params(root)
-    ingest(task, params, root)
-    versioning.track(root)
-    prepare(root, task, params)
+    params, _ = prepared_task(root, task)
     train_task(root, task, params)
     evaluate_task(root, task, params)
     return params, json.loads(metrics_file(root, task).read_text())

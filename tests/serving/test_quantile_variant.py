@@ -13,15 +13,12 @@ import pytest
 import yaml
 
 from pipelines.config import ConfigError, load_params
-from pipelines.data import versioning
-from pipelines.data.ingest import ingest
 from pipelines.evaluate.intervals import SAMPLE_PATHS
 from pipelines.evaluate.stage import load_prepared, score_model
-from pipelines.prepare.stage import prepare
 from pipelines.project import train_record
 from pipelines.tasks.settings import task_spec
 from pipelines.train.stage import train_task
-from tests.conftest import REPO, make_project, use_project
+from tests.conftest import REPO, make_project, prepared_task, use_project
 
 TASK = {
     "kind": "timeseries",
@@ -53,10 +50,7 @@ def quantile_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_a_quantile_variant_trains_and_serves_ordered_intervals_from_its_sample_paths(quantile_project: Path) -> None:
     root = quantile_project
-    params = load_params(root)
-    ingest("sales", params, root)
-    versioning.track(root)
-    prepare(root, "sales", params)
+    params, _ = prepared_task(root, "sales")
     train_task(root, "sales", params)
     model = mlflow.pyfunc.load_model(json.loads(train_record(root, "sales").read_text())["variants"][0]["model_uri"])
     history = _sales()["sales"].tolist()[:80]
