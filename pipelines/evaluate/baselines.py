@@ -13,8 +13,9 @@ split, the usual strong setting for short texts.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Callable, get_args
 
 import numpy as np
@@ -85,11 +86,30 @@ def fit_tfidf_logreg(train_texts: Sequence[str], train_labels: Sequence[str], se
     model = make_pipeline(
         TfidfVectorizer(tokenizer=Tokenizer(), lowercase=False, token_pattern=None, ngram_range=(1, 2),
                         min_df=2, sublinear_tf=True),
-        LogisticRegressionCV(Cs=list(C_GRID), cv=CV_FOLDS, scoring=macro_f1_scorer, max_iter=1000, random_state=seed),
+        # l1_ratios and use_legacy_attributes as scikit-learn 1.10 will default them (the same fit; no FutureWarning)
+        LogisticRegressionCV(Cs=list(C_GRID), cv=CV_FOLDS, scoring=macro_f1_scorer, max_iter=1000, random_state=seed,
+                             l1_ratios=(0.0,), use_legacy_attributes=False),
     )
-    with threadpool_limits(limits=1):
+    with threadpool_limits(limits=1), _rare_label_warnings_off():
         model.fit(list(train_texts), list(train_labels))
     return model
+
+
+@contextlib.contextmanager
+def _rare_label_warnings_off() -> Iterator[None]:
+    """Without scikit-learn's warnings for a label rarer than the folds, which advise what a user of this
+    pipeline cannot do ("use a cross-validation technique resulting in properly stratified folds"): prepare
+    says it in its own words (TextKind._prepare_base) and tfidf_logreg_log_proba mends the padding."""
+    with warnings.catch_warnings():
+        for message in ("The least populated class", "Number of classes in training fold"):
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
+def chosen_c(model: Pipeline) -> float:
+    """The C cross-validation chose for `fit_tfidf_logreg`'s model (a float; an array of it in pipelines
+    fitted before scikit-learn's new attributes)."""
+    return float(np.ravel(model[-1].C_)[0])
 
 
 def label_order(model: Pipeline | LogisticRegressionCV, labels: Sequence[str]) -> list[int]:
@@ -112,10 +132,10 @@ def tfidf_logreg_log_proba(texts: Sequence[str], labels: Sequence[str], train: n
     pipeline = fit_tfidf_logreg(texts[train].tolist(), labels[train].tolist(), seed)
     order = label_order(pipeline, classes)
     fold_model = clone(pipeline)
-    fold_model.steps[-1] = ("logisticregression", LogisticRegression(C=float(pipeline[-1].C_[0]), max_iter=1000))
+    fold_model.steps[-1] = ("logisticregression", LogisticRegression(C=chosen_c(pipeline), max_iter=1000))
     folds = StratifiedKFold(BASE_FOLDS, shuffle=True, random_state=seed)
     log_proba = np.empty((len(texts), len(classes)))
-    with threadpool_limits(limits=1):
+    with threadpool_limits(limits=1), _rare_label_warnings_off():
         log_proba[~train] = pipeline.predict_log_proba(texts[~train].tolist())[:, order]
         held_out = cross_val_predict(fold_model, texts[train].tolist(), labels[train].tolist(), cv=folds,
                                      method="predict_log_proba")[:, order]  # [n_train, C]

@@ -126,6 +126,10 @@ class TextKind:
             return
         print(f"prepare@{prepared.name}: fitting the TF-IDF + logistic regression base of {', '.join(based)} "
               f"(C by cross-validation, then {BASE_FOLDS} out-of-fold fits)", flush=True)
+        counts = texts.loc[texts["split"] == "train", "label"].astype(str).value_counts()
+        if rare := {label: int(n) for label, n in counts.items() if n < BASE_FOLDS}:
+            print(f"prepare@{prepared.name}: labels {rare} have fewer training texts than the base's {BASE_FOLDS} "
+                  f"folds; a fold fitted without one gives it the lowest log-probability of any fold", flush=True)
         pipeline, log_proba = tfidf_logreg_log_proba(texts["text"].tolist(), texts["label"].astype(str).tolist(),
                                                      (texts["split"] == "train").to_numpy(), self.labels,
                                                      self.spec.prepare.seed)
@@ -245,7 +249,7 @@ class TextKind:
     def baselines(self, prepared: Path, seed: int) -> dict[str, Callable[[Path], str]]:
         """TF-IDF + logistic regression (C by cross-validation) fitted on the training split, served as a
         pyfunc on raw text with the sentiment contract; prepare's fit when it made one for `base` variants."""
-        from pipelines.evaluate.baselines import fit_tfidf_logreg
+        from pipelines.evaluate.baselines import chosen_c, fit_tfidf_logreg
         from pipelines.prepare.text import read_base_model
         from pipelines.serving.baseline_pyfunc import TfidfSentimentModel, log_baseline_pyfunc, save_pipeline
         from pipelines.serving.sentiment import sentiment_signature
@@ -257,7 +261,7 @@ class TextKind:
             if pipeline is None:
                 pipeline = fit_tfidf_logreg(train["text"].tolist(), train["label"].tolist(), seed)
             spec = {"serving": self.spec.serving.model_dump(), "labels": self._labels_of(frame),
-                    "baseline": {"C": float(pipeline[-1].C_[0])}}
+                    "baseline": {"C": chosen_c(pipeline)}}
             return log_baseline_pyfunc(directory, TfidfSentimentModel(), spec,
                                        {"pipeline": save_pipeline(directory, pipeline)}, sentiment_signature(),
                                        pd.DataFrame({"text": EXAMPLE_TEXTS}))

@@ -8,6 +8,7 @@ a real MLflow store as the sentiment pyfunc, which computes the base itself from
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import mlflow
@@ -105,6 +106,17 @@ def test_a_label_rarer_than_the_folds_gets_finite_base_log_probabilities() -> No
     # of the fold models, not the padding
     floor = log_proba[train, sorted(CUES).index("neutral")] == log_proba[train].min()  # [n_train]
     assert floor.sum() > train.sum() // 10
+
+
+def test_prepare_says_which_labels_are_rarer_than_the_folds_instead_of_scikit_learn(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], recwarn: pytest.WarningsRecorder) -> None:
+    kind = TextKind(task())
+    raw = reviews(300)
+    clean, _ = kind.validate(raw.drop(raw.index[raw["label"] == "neutral"][4:]), "reviews")
+    kind.prepare(clean, tmp_path)
+    assert re.search(r"labels \{'neutral': [1-4]\} have fewer training texts than the base's 5 folds",
+                     capsys.readouterr().out)
+    assert not [w for w in recwarn if "sklearn" in w.filename], [str(w.message) for w in recwarn]
 
 
 def test_a_declared_label_without_texts_stops_prepare_naming_it(tmp_path: Path) -> None:
