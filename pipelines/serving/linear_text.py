@@ -11,6 +11,7 @@ stably), and tests compare the two on a corpus.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,8 +41,25 @@ class LinearTextScorer:
         self.classes_ = classifier.classes_
 
     def _decision(self, texts: Sequence[str]) -> np.ndarray:
-        """The decision function [B, K] of a batch in a fixed number of array operations: one sort of every
-        (text, term) pair, then sums per text (a loop per text would cost more than scikit-learn at 100)."""
+        """The decision function [B, K]. One text, the usual request, takes the short path: each array
+        operation costs microseconds whatever its size, and the batch path makes three times as many."""
+        return self._decision_one(texts[0])[None] if len(texts) == 1 else self._decision_batch(texts)
+
+    def _decision_one(self, text: str) -> np.ndarray:
+        counts = Counter(i for i in map(self.vocabulary.get, self.analyze(text)) if i is not None)
+        if not counts:
+            return self.intercept  # [K]: an all-zero row, as scikit-learn scores it
+        term = np.fromiter(counts.keys(), np.int64, len(counts))  # [T]
+        weights = np.fromiter(counts.values(), np.float64, len(counts))  # [T]
+        if self.sublinear:
+            weights = np.log(weights) + 1.0
+        weights *= self.idf[term]
+        weights /= np.sqrt(weights @ weights)
+        return weights @ self.coef[term] + self.intercept  # [K]
+
+    def _decision_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """A batch in a fixed number of array operations: one sort of every (text, term) pair, then sums per
+        text (the one-text path in a loop costs more than scikit-learn from about 100 texts)."""
         rows: list[int] = []
         terms: list[int] = []
         for row, text in enumerate(texts):

@@ -47,6 +47,16 @@ def test_scores_as_the_pipeline(tweets: tuple[list[str], list[str]], labels: tup
     assert np.ptp(got[-len(UNKNOWN):], axis=0).max() < 1e-12
 
 
+def test_raw_term_counts_score_as_the_pipeline(tweets: tuple[list[str], list[str]]) -> None:
+    """sublinear_tf off (not the baseline's setting, but one the scorer accepts): raw counts times idf."""
+    texts, tags = tweets
+    pipeline = make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=1000)).fit(texts[:1000], tags[:1000])
+    scorer, unseen = LinearTextScorer(pipeline), texts[1000:1200]
+    np.testing.assert_allclose(scorer.predict_log_proba(unseen), pipeline.predict_log_proba(unseen), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(scorer.predict_log_proba(unseen[:1]), pipeline.predict_log_proba(unseen[:1]), rtol=0,
+                               atol=1e-9)
+
+
 def test_refuses_a_pipeline_it_cannot_reproduce(tweets: tuple[list[str], list[str]]) -> None:
     texts, tags = tweets
     binary = make_pipeline(TfidfVectorizer(binary=True), LogisticRegression()).fit(texts[:500], tags[:500])
