@@ -7,7 +7,8 @@ pretraining on the training texts (pipelines/train/pretrain.py), the plain defau
 from it and from scratch, every `base` default variant (`gru-tfidf`), and the text kind's TF-IDF
 baseline (C by cross-validation) on the same holdout. Times are CPU seconds of this one-thread process
 (its time on an idle machine), and the load is recorded; `one_text_p50_ms` is the median time to score
-one holdout text alone, what a one-text request costs a served variant beyond HTTP and validation.
+one holdout text alone, what a one-text request costs a served variant beyond HTTP and validation, measured
+side by side for every candidate (`one_text_p50_vs_gru`: its ratio to the plain GRU's).
 `served` is what `seqops run` would serve: evaluate's own gate over the default family (the best by
 validation macro-F1, kept only if it beats the baseline's holdout macro-F1), unlike the "best" candidate,
 which is picked on the holdout as issue 12's target reads.
@@ -133,25 +134,30 @@ def fit(kind: Any, params: Params, prepared: Path, variant: Variant, pretrained:
     return network.eval(), time.process_time() - started
 
 
-def one_text_p50_ms(model: Classifier, frame: pd.DataFrame, texts: int = 300) -> float:
-    """Median milliseconds to score one holdout text alone (encode, base model if any, network): what a
-    one-text request costs the served pyfunc beyond HTTP and validation, which every variant shares."""
+def one_text_p50_ms(models: dict[str, Classifier], frame: pd.DataFrame, texts: int = 300) -> dict[str, float]:
+    """Median milliseconds to score one holdout text alone (encode, base model if any, network) per model:
+    what a one-text request costs the served pyfunc beyond HTTP and validation, which every variant shares.
+    Side by side: each text is scored by every model in turn, three times over, so a ratio between two
+    models is not skewed by which ran first or by load that came and went between them."""
     holdout = frame.loc[frame["split"] == "holdout", "text"].head(texts).tolist()
-    times = []
-    for text in holdout:
-        started = time.perf_counter()
-        model.predict(pd.DataFrame({"text": [text]}))
-        times.append(1000 * (time.perf_counter() - started))
-    return float(np.median(times))
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(3):
+        for text in holdout:
+            for name, model in models.items():
+                started = time.perf_counter()
+                model.predict(pd.DataFrame({"text": [text]}))
+                times[name].append(1000 * (time.perf_counter() - started))
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def score(result: dict[str, Any], candidate: str, kind: Any, frame: pd.DataFrame, model: Classifier,
-          seconds: float) -> None:
-    """`candidate`'s holdout accuracy and macro-F1, its training CPU seconds and one-text p50, into `result`."""
+          seconds: float, timed: dict[str, Classifier]) -> None:
+    """`candidate`'s holdout accuracy and macro-F1, validation macro-F1 and training CPU seconds into `result`;
+    the model into `timed`, for one_text_p50_ms."""
     scored, validation = (kind.score(frame, model, part).metrics for part in ("holdout", "validation"))
     result["candidates"][candidate] = {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"],
-                                       "validation_macro_f1": validation["macro_f1"], "train_cpu_seconds": seconds,
-                                       "one_text_p50_ms": one_text_p50_ms(model, frame)}
+                                       "validation_macro_f1": validation["macro_f1"], "train_cpu_seconds": seconds}
+    timed[candidate] = model
 
 
 def served(candidates: dict[str, dict[str, float]], family: dict[str, str], metric: Metric) -> dict[str, Any]:
@@ -184,21 +190,28 @@ def run_corpus(name: str, raw: pd.DataFrame, work: Path) -> dict[str, Any]:
     arms = [(f"{plain.name}-pretrained", plain, work / f"{name}-lm"), (f"{plain.name}-scratch", plain, None),
             (based.name, based, None), *((f"{based.name}-seed{v.seed}", v, None) for v in seeds)]
     models: dict[str, Classifier] = {}
+    timed: dict[str, Classifier] = {}
     for candidate, variant, pretrained in arms:
         network, seconds = fit(kind, params, prepared, variant, pretrained)
         models[candidate] = Classifier(network, prepared, kind.labels, kind.spec.prepare.max_length,
                                        variant.base != "none")
         if candidate.startswith(f"{based.name}-seed"):
             continue  # members of the seed ensemble only
-        score(result, candidate, kind, frame, models[candidate], seconds)
+        score(result, candidate, kind, frame, models[candidate], seconds, timed)
     # The default family's ensemble (what evaluate scores beside the variants), and an ensemble of seeds.
-    score(result, "ensemble", kind, frame, Ensemble([models[f"{plain.name}-scratch"], models[based.name]]), 0.0)
+    score(result, "ensemble", kind, frame, Ensemble([models[f"{plain.name}-scratch"], models[based.name]]), 0.0,
+          timed)
     score(result, f"{based.name}-3-seeds", kind, frame,
-          Ensemble([models[based.name], *(models[f"{based.name}-seed{v.seed}"] for v in seeds)]), 0.0)
+          Ensemble([models[based.name], *(models[f"{based.name}-seed{v.seed}"] for v in seeds)]), 0.0, timed)
     train = frame[frame["split"] == "train"]
     started = time.process_time()
     baseline = fit_tfidf_logreg(train["text"].tolist(), train["label"].tolist(), params.training.seed)
-    score(result, "tfidf_logreg", kind, frame, Baseline(baseline, kind.labels), time.process_time() - started)
+    score(result, "tfidf_logreg", kind, frame, Baseline(baseline, kind.labels), time.process_time() - started,
+          timed)
+    p50 = one_text_p50_ms(timed, frame)
+    for candidate, ms in p50.items():
+        result["candidates"][candidate].update(one_text_p50_ms=ms,
+                                               one_text_p50_vs_gru=ms / p50[f"{plain.name}-scratch"])
     result["served"] = served(result["candidates"], {f"{plain.name}-scratch": plain.name, based.name: based.name,
                                                      "ensemble": "ensemble"}, params.promote.metrics["text"])
     best = max((c for c in result["candidates"] if c != "tfidf_logreg"),
