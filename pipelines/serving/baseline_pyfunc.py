@@ -73,7 +73,7 @@ class TfidfSentimentModel(SentimentModel):
 
     def _load_predictor(self, context: Any) -> dict[str, Any]:
         spec = _spec(context)
-        self.pipeline = LinearTextScorer(pickle.loads(Path(context.artifacts[PIPELINE]).read_bytes()))
+        self.pipeline = LinearTextScorer.load(Path(context.artifacts[PIPELINE]))
         self.order = label_order(self.pipeline, spec["labels"])
         return spec
 

@@ -11,8 +11,10 @@ stably), and tests compare the two on a corpus.
 
 from __future__ import annotations
 
+import pickle
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,20 +42,31 @@ class LinearTextScorer:
         self.intercept = classifier.intercept_  # [K]
         self.classes_ = classifier.classes_
 
+    @classmethod
+    def load(cls, path: Path) -> LinearTextScorer:
+        """The scorer of a pickled pipeline (a served model's artifact)."""
+        return cls(pickle.loads(path.read_bytes()))
+
+    def _terms(self, text: str) -> list[int]:
+        """The vocabulary ids of `text`'s n-grams, repeats kept; n-grams the fit did not keep are dropped."""
+        return [i for i in map(self.vocabulary.get, self.analyze(text)) if i is not None]
+
+    def _weights(self, term: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """TF-IDF weights [T] of terms seen `counts` times, before the L2 norm."""
+        weights = np.log(counts) + 1.0 if self.sublinear else counts.astype(np.float64)  # [T]
+        return weights * self.idf[term]  # [T]
+
     def _decision(self, texts: Sequence[str]) -> np.ndarray:
         """The decision function [B, K]. One text, the usual request, takes the short path: each array
         operation costs microseconds whatever its size, and the batch path makes three times as many."""
         return self._decision_one(texts[0])[None] if len(texts) == 1 else self._decision_batch(texts)
 
     def _decision_one(self, text: str) -> np.ndarray:
-        counts = Counter(i for i in map(self.vocabulary.get, self.analyze(text)) if i is not None)
+        counts = Counter(self._terms(text))
         if not counts:
             return self.intercept  # [K]: an all-zero row, as scikit-learn scores it
         term = np.fromiter(counts.keys(), np.int64, len(counts))  # [T]
-        weights = np.fromiter(counts.values(), np.float64, len(counts))  # [T]
-        if self.sublinear:
-            weights = np.log(weights) + 1.0
-        weights *= self.idf[term]
+        weights = self._weights(term, np.fromiter(counts.values(), np.float64, len(counts)))  # [T]
         weights /= np.sqrt(weights @ weights)
         return weights @ self.coef[term] + self.intercept  # [K]
 
@@ -63,15 +76,14 @@ class LinearTextScorer:
         rows: list[int] = []
         terms: list[int] = []
         for row, text in enumerate(texts):
-            found = [i for i in map(self.vocabulary.get, self.analyze(text)) if i is not None]
+            found = self._terms(text)
             terms += found
             rows += [row] * len(found)
         width = len(self.idf)
         pairs, counts = np.unique(np.asarray(rows, np.int64) * width + np.asarray(terms, np.int64),
                                   return_counts=True)  # [P] distinct (text, term), sorted; [P]
         row, term = np.divmod(pairs, width)  # [P], [P]
-        weights = np.log(counts) + 1.0 if self.sublinear else counts.astype(np.float64)  # [P]
-        weights *= self.idf[term]
+        weights = self._weights(term, counts)  # [P]
         weights /= np.sqrt(np.bincount(row, weights=weights * weights, minlength=len(texts)))[row]  # L2 per text
         parts = weights[:, None] * self.coef[term]  # [P, K]
         # a text with no known term has no pair: the intercept alone, as scikit-learn scores an all-zero row

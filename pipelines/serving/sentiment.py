@@ -56,12 +56,10 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
         self.max_length = spec["max_length"]
         self.base, self.base_order = None, None
         if BASE_ARTIFACT in context.artifacts:
-            import pickle
-
             from pipelines.evaluate.baselines import label_order
             from pipelines.serving.linear_text import LinearTextScorer
 
-            self.base = LinearTextScorer(pickle.loads(Path(context.artifacts[BASE_ARTIFACT]).read_bytes()))
+            self.base = LinearTextScorer.load(Path(context.artifacts[BASE_ARTIFACT]))
             self.base_order = label_order(self.base, spec["labels"])
         return spec
 
