@@ -81,9 +81,8 @@ def sentiment_calibration(workdir: Path) -> dict[str, float]:
     """Holdout ECE of the TF-IDF baseline on the built-in tweets, before and after temperature scaling."""
     from pipelines.config import TextTask
     from pipelines.data.sources import read_source
-    from pipelines.evaluate.baselines import fit_tfidf_logreg, label_order
+    from pipelines.evaluate.baselines import label_order
     from pipelines.evaluate.calibration import temperature_calibration
-    from pipelines.prepare.text import read_base_model
     from pipelines.tasks.text import TextKind
 
     kind = TextKind(TextTask(kind="text", source="builtin:tweets"))
@@ -92,10 +91,7 @@ def sentiment_calibration(workdir: Path) -> dict[str, float]:
     prepared.mkdir(parents=True, exist_ok=True)
     kind.prepare(raw, prepared)
     frame = kind.load_prepared(prepared)
-    model = read_base_model(prepared)  # the default family's gru-tfidf made prepare fit the baseline already
-    if model is None:
-        train = frame[frame["split"] == "train"]
-        model = fit_tfidf_logreg(train["text"].tolist(), train["label"].tolist(), seed=42)
+    model = kind.tfidf_logreg(prepared, seed=42)  # prepare's fit: the default family's gru-tfidf asked for it
     order = label_order(model, kind.labels)
 
     def split(name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -48,7 +48,7 @@ from pipelines.prepare.text import encoder_path, load_encoder, read_base_model
 from pipelines.serving.linear_text import LinearTextScorer
 from pipelines.serving.sentiment import text_probabilities
 from pipelines.tasks import kind_for
-from pipelines.train.pretrain import pretrain, warm_start
+from pipelines.train.pretrain import pretrain
 from pipelines.train.stage import RestoreBestEpoch
 
 
@@ -120,12 +120,9 @@ def fit(kind: Any, params: Params, prepared: Path, variant: Variant, pretrained:
     so CPU seconds are its time on an idle machine, whatever else shares the cores."""
     spec = kind.spec
     datamodule = kind.datamodule(prepared, variant)
-    pl.seed_everything(params.training.seed if variant.seed is None else variant.seed, workers=True, verbose=False)
+    pl.seed_everything(params.seed_of(variant), workers=True, verbose=False)
     network = SequenceModel(ModelConfig(**kind.model_config(variant, params, datamodule)))
-    if variant.base != "none":
-        network.net.zero_readout()  # as TextKind.warm_start: it starts as its base model
-    if pretrained is not None:
-        warm_start(network, variant, pretrained)
+    kind.start(network, variant, pretrained)
     started = time.process_time()
     callbacks = [RestoreBestEpoch(), EarlyStopping(monitor="val_loss", patience=spec.training.patience)]
     pl.Trainer(max_epochs=spec.training.max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,

@@ -419,6 +419,10 @@ class Params(_Strict):
             raise ConfigError(f"unknown task {name!r}: params.yaml defines {sorted(self.tasks)}")
         return self.tasks[name]
 
+    def seed_of(self, variant: Variant) -> int:
+        """The seed of `variant`'s initial weights and batch order: its own, else training.seed."""
+        return self.training.seed if variant.seed is None else variant.seed
+
 
 def _format_error(err: ValidationError, source: str) -> str:
     lines = [f"{source} is invalid:"]

@@ -178,11 +178,15 @@ class TextKind:
     def warm_start(self, root: Path, task: str, network: SequenceModel, variant: Variant) -> list[str]:
         """The pretrained embedding and core loaded into the variant's network (empty: none pretrained). A
         `base` variant's readout starts at zero, so before its first update it answers as its base model."""
+        return self.start(network, variant, pretrained_dir(root, task))
+
+    def start(self, network: SequenceModel, variant: Variant, pretrained: Path | None) -> list[str]:
+        """`warm_start` from the language models in `pretrained` (None: from scratch)."""
         from pipelines.train.pretrain import warm_start
 
         if variant.base != "none":
             network.net.zero_readout()
-        return warm_start(network, variant, pretrained_dir(root, task))
+        return warm_start(network, variant, pretrained) if pretrained is not None else []
 
     def log_model(self, prepared: Path, directory: Path, network: SequenceModel, config: dict[str, Any],
                   variant: Variant | None = None) -> str:
@@ -246,21 +250,29 @@ class TextKind:
                                 f"{title}: ECE {calibration.metrics['ece_uncalibrated']:.3f} -> "
                                 f"{calibration.metrics['ece']:.3f} (T = {calibration.metrics['temperature']:.2f})")
 
+    def tfidf_logreg(self, prepared: Path, seed: int) -> Any:
+        """TF-IDF + logistic regression fitted on the training split: prepare's fit when it made one for `base`
+        variants (the same, deterministic fit), else fitted now."""
+        from pipelines.evaluate.baselines import fit_tfidf_logreg
+        from pipelines.prepare.text import read_base_model
+
+        pipeline = read_base_model(prepared)
+        if pipeline is None:
+            frame = self.load_prepared(prepared)
+            train = frame[frame["split"] == "train"]
+            pipeline = fit_tfidf_logreg(train["text"].tolist(), train["label"].tolist(), seed)
+        return pipeline
+
     def baselines(self, prepared: Path, seed: int) -> dict[str, Callable[[Path], str]]:
         """TF-IDF + logistic regression (C by cross-validation) fitted on the training split, served as a
         pyfunc on raw text with the sentiment contract; prepare's fit when it made one for `base` variants."""
-        from pipelines.evaluate.baselines import chosen_c, fit_tfidf_logreg
-        from pipelines.prepare.text import read_base_model
+        from pipelines.evaluate.baselines import chosen_c
         from pipelines.serving.baseline_pyfunc import TfidfSentimentModel, log_baseline_pyfunc, save_pipeline
         from pipelines.serving.sentiment import sentiment_signature
 
         def log(directory: Path) -> str:
-            frame = self.load_prepared(prepared)
-            train = frame[frame["split"] == "train"]
-            pipeline = read_base_model(prepared)  # prepare's fit for `base` variants: the same, deterministic fit
-            if pipeline is None:
-                pipeline = fit_tfidf_logreg(train["text"].tolist(), train["label"].tolist(), seed)
-            spec = {"serving": self.spec.serving.model_dump(), "labels": self._labels_of(frame),
+            pipeline = self.tfidf_logreg(prepared, seed)
+            spec = {"serving": self.spec.serving.model_dump(), "labels": self._labels_of(self.load_prepared(prepared)),
                     "baseline": {"C": chosen_c(pipeline)}}
             return log_baseline_pyfunc(directory, TfidfSentimentModel(), spec,
                                        {"pipeline": save_pipeline(directory, pipeline)}, sentiment_signature(),

@@ -138,7 +138,7 @@ def train_variant(root: Path, task: str, params: Params, variant: Variant, kind:
     prepared = prepared_dir(root, task)
     datamodule = kind.datamodule(prepared, variant)
     config = kind.model_config(variant, params, datamodule)
-    seed = params.training.seed if variant.seed is None else variant.seed
+    seed = params.seed_of(variant)
     with child_run(variant.name, task, data_version(root)) as run_id:
         mlflow.log_params({**config, "variant": variant.name, "max_epochs": spec.training.max_epochs,
                            "batch_size": spec.training.batch_size, "precision": params.training.precision,
