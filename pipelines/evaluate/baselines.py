@@ -28,7 +28,6 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from threadpoolctl import threadpool_limits
 
 from pipelines.config import StatsforecastBaseline
-from pipelines.evaluate.metrics import classification_metrics
 from pipelines.prepare.features import Tokenizer, seasonal_naive
 
 STATISTICAL = ("naive", "seasonal_naive", *get_args(StatsforecastBaseline))
@@ -148,11 +147,3 @@ def tfidf_logreg_log_proba(texts: Sequence[str], labels: Sequence[str], train: n
     log_proba[train] = held_out
     return pipeline, log_proba  # [N, C]
 
-
-def tfidf_logreg_baseline(train_texts: Sequence[str], train_labels: Sequence[str], eval_texts: Sequence[str],
-                          eval_labels: Sequence[str], labels: list[str], seed: int) -> dict:
-    """`fit_tfidf_logreg` on the training texts, scored on the eval texts by `classification_metrics`."""
-    model = fit_tfidf_logreg(train_texts, train_labels, seed)
-    with threadpool_limits(limits=1):
-        predicted = model.predict(list(eval_texts))
-    return classification_metrics(list(eval_labels), predicted.tolist(), labels)
