@@ -215,8 +215,13 @@ class TextKind:
         from pipelines.evaluate.metrics import classification_metrics
 
         part = frame[frame["split"] == segment]
-        predicted = self._predict(part, model)["label"].tolist()
-        return self._scored(classification_metrics(part["label"].tolist(), predicted, self.labels))
+        return self._scored(classification_metrics(part["label"].tolist(), self.predicted_labels(frame, model, segment),
+                                                   self.labels))
+
+    def predicted_labels(self, frame: pd.DataFrame, model: Any, segment: str) -> list[str]:
+        """The label a sentiment pyfunc answers for each text of `segment`, in the frame's order: what `score`
+        scores, for comparisons text by text (bench/text_quality.py's paired interval)."""
+        return self._predict(frame[frame["split"] == segment], model)["label"].tolist()
 
     def _predict(self, part: pd.DataFrame, model: Any) -> pd.DataFrame:
         """The pyfunc's answers for `part`'s texts, in requests of at most serving.max_records."""
