@@ -15,6 +15,7 @@ word vocabulary stays here, where models registered before it pickled their refe
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import html
 import json
 import re
@@ -443,31 +444,43 @@ class Vocabulary:
 SPLITS = ("train", "validation", "holdout")
 
 
-def stratified_split(labels: Sequence[str], validation: float, holdout: float, seed: int) -> np.ndarray:
-    """Split name ("train" | "validation" | "holdout") per row, each split keeping every label's share.
+def text_split(texts: Sequence[str], labels: Sequence[str], validation: float, holdout: float,
+               seed: int) -> np.ndarray:
+    """Split name ("train" | "validation" | "holdout") per text, decided by the text itself.
 
-    Text rows are exchangeable (unlike a series), so the split is random but stratified: a minority
-    class (positive tweets are 18%) gets the same share of holdout as of train. Holdout is cut first,
-    then validation from the rest; the same labels and seed give the same split on every machine.
+    Why keyed on the text and not on its row: evaluate re-scores the champion on today's holdout, and a
+    row-based draw reshuffles every split as soon as a text is added or removed, putting texts the champion
+    trained on into the holdout (it then looks far better than a new model and is never replaced). Here a
+    text's split is a keyed hash of it (`seed` is the key) against fixed thresholds, so it keeps its split
+    whatever else the corpus gains or loses, on every machine; a text repeated under two labels has one split.
+    Each label gets `holdout` and `validation` of its texts in expectation, and at least one text in every
+    split: a label a split would miss takes the text of smallest hash from its largest split, which moves a
+    text into the holdout only while the label has none there.
     """
     if not (0 < validation < 1 and 0 < holdout < 1 and validation + holdout < 1):
         raise ValueError(f"validation ({validation}) and holdout ({holdout}) must be fractions in (0, 1) "
                          f"that leave rows for training")
-    from sklearn.model_selection import train_test_split  # here: pipelines.config imports this module (lost_steps)
-
-    labels = np.asarray(labels)
-    rows = np.arange(len(labels))
-    try:
-        rest, held = train_test_split(rows, test_size=holdout, stratify=labels, random_state=seed)
-        train, valid = train_test_split(rest, test_size=validation / (1 - holdout), stratify=labels[rest],
-                                        random_state=seed)
-    except ValueError as e:  # too few rows of a label (or in all) for one in every split
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    key = seed.to_bytes(8, "little", signed=True)
+    unit = np.array([int.from_bytes(hashlib.blake2b(str(text).encode("utf-8"), digest_size=8, key=key).digest(),
+                                    "little") for text in texts], dtype=np.float64) / 2.0 ** 64  # [N] in [0, 1)
+    split = np.where(unit < holdout, 2, np.where(unit < holdout + validation, 1, 0))  # [N] index into SPLITS
+    labels = np.asarray(labels, dtype=object)
+    names, counts = np.unique(labels.astype(str), return_counts=True)
+    if (counts < len(SPLITS)).any():
         from pipelines.data.validate import InvalidDataError
 
-        names, counts = np.unique(labels, return_counts=True)
         raise InvalidDataError(f"cannot split {len(labels)} texts with label counts "
-                               f"{dict(zip(names.tolist(), counts.tolist()))} into train, validation and holdout "
-                               f"keeping every label's share ({e}): add texts of the rare labels") from None
-    split = np.empty(len(labels), dtype=object)
-    split[train], split[valid], split[held] = SPLITS
-    return split.astype(str)
+                               f"{dict(zip(names.tolist(), counts.tolist()))} into train, validation and holdout: "
+                               f"every label needs at least {len(SPLITS)} texts, one for each; add texts of the "
+                               f"rare labels")
+    for name in names:
+        rows = np.flatnonzero(labels.astype(str) == name)
+        for missing in (0, 2, 1):  # train first: a label must be learnt; then the holdout it is judged on
+            if (split[rows] == missing).any():
+                continue
+            sizes = np.bincount(split[rows], minlength=len(SPLITS))  # [3]
+            donors = rows[split[rows] == int(sizes.argmax())]
+            split[donors[unit[donors].argmin()]] = missing
+    return np.asarray(SPLITS, dtype=object)[split].astype(str)

@@ -1,6 +1,6 @@
 """prepare@<task>: raw table -> model-ready splits, with every fitted transform fitted on train only.
 
-What the splits are (chronological per series, stratified for text) and which files the prepared
+What the splits are (chronological per series, by a hash of each text for text) and which files the prepared
 directory holds is the task kind's (`TaskKind.prepare`, pipelines/tasks/); this stage reads the raw
 table, gives the kind a fresh prepared/<task>/ and reports it.
 """

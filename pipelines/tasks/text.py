@@ -1,7 +1,7 @@
 """The text kind: classifying short texts into the task's declared labels.
 
-Raw rows are [text, label]; prepare splits them at random but stratified by label (texts are
-exchangeable, unlike a series' steps) and fits the encoder (byte-level BPE subwords, or a word
+Raw rows are [text, label]; prepare splits them by a keyed hash of each text (texts are exchangeable,
+unlike a series' steps, and a text keeps its split when the corpus grows) and fits the encoder (byte-level BPE subwords, or a word
 vocabulary) on the training texts. train@<task> first pretrains a language model on the training
 texts (and the task's `unlabelled` file) and every variant starts from its embedding and core
 (pipelines/train/pretrain.py). Scoring is accuracy, macro-F1 and per-class precision and recall
@@ -25,7 +25,7 @@ import pandas as pd
 from pipelines.config import Params, TextTask, Variant
 from pipelines.data.atomic import write_atomic
 from pipelines.data.validate import InvalidDataError, validate_text
-from pipelines.prepare.features import Vocabulary, stratified_split
+from pipelines.prepare.features import Vocabulary, text_split
 from pipelines.project import pretrained_dir
 from pipelines.tasks.base import Calibration, Scored, shared_model_config, write_counts
 from pipelines.tasks.defaults import text_epochs
@@ -77,7 +77,7 @@ class TextKind:
                              name=f"{name} (appended)")
 
     def prepare(self, raw: pd.DataFrame, prepared: Path) -> None:
-        """texts.parquet (every row with its stratified split), the encoder fitted on the training texts
+        """texts.parquet (every row with its split, `text_split`), the encoder fitted on the training texts
         (tokenizer.json for subwords, vocabulary.json for words), splits.json."""
         from pipelines.prepare.text import TOKENIZER_FILE, VOCABULARY_FILE, SubwordTokenizer
 
@@ -88,12 +88,15 @@ class TextKind:
         if "variants" not in given.model_fields_set:
             derived["variants"] = [v.name for v in given.variants]
         counts = raw["label"].astype(str).value_counts()
+        if len(counts) < 2:
+            raise InvalidDataError(f"{prepared.name}: every text has the label {counts.index.tolist()}: a classifier "
+                                   f"needs texts of at least two labels; add texts of the others")
         if absent := [label for label in self.labels if label not in counts.index]:
             raise InvalidDataError(f"{prepared.name}: labels {absent} are declared in `labels` but no text has them; "
                                    f"a classifier cannot learn a label it never sees: add texts with them or take "
                                    f"them out of `labels` (found: {counts.to_dict()})")
-        texts = raw.assign(split=stratified_split(raw["label"].tolist(), settings.validation, settings.holdout,
-                                                  settings.seed))
+        texts = raw.assign(split=text_split(raw["text"].tolist(), raw["label"].tolist(), settings.validation,
+                                            settings.holdout, settings.seed))
         training = given.training
         if training.max_epochs is None:
             derived["training.max_epochs"] = text_epochs(int((texts["split"] == "train").sum()), training.batch_size)

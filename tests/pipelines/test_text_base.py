@@ -135,6 +135,31 @@ def test_a_label_too_rare_to_split_is_a_data_error_with_the_counts(tmp_path: Pat
         kind.prepare(clean, tmp_path)
 
 
+def test_a_corpus_of_one_label_is_a_data_error(tmp_path: Path) -> None:
+    raw = reviews(60)
+    kind = TextKind(task())
+    clean, _ = kind.validate(raw.assign(label="positive"), "reviews")
+    with pytest.raises(InvalidDataError, match=r"every text has the label \['positive'\].*at least two labels"):
+        kind.prepare(clean, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_texts_added_to_the_corpus_never_move_a_training_text_into_the_holdout(tmp_path: Path) -> None:
+    """evaluate re-scores the champion on the new holdout: it must not hold texts the champion trained on."""
+    grown = reviews(440)
+    splits = []
+    for name, raw in (("before", grown.iloc[:400]), ("after", grown)):
+        kind = TextKind(task())
+        clean, _ = kind.validate(raw, "reviews")
+        (tmp_path / name).mkdir()
+        kind.prepare(clean, tmp_path / name)
+        frame = kind.load_prepared(tmp_path / name)
+        splits.append(dict(zip(frame["text"], frame["split"])))
+    before, after = splits
+    assert all(after[text] == split for text, split in before.items())
+    assert {after[text] for text in set(after) - set(before)} >= {"train", "holdout"}
+
+
 def test_a_base_variant_starts_as_its_base_and_serves_the_correction_from_raw_text(
         prepared: tuple[TextKind, Path], tmp_path: Path) -> None:
     kind, directory = prepared

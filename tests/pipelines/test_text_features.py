@@ -1,5 +1,5 @@
-"""Text features: tweet tokens, a vocabulary fitted on train only with reserved ids, and a stratified,
-reproducible split."""
+"""Text features: tweet tokens, a vocabulary fitted on train only with reserved ids, and a reproducible split
+that a text keeps when the corpus grows or shrinks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.prepare.features import PAD_ID, UNK_ID, Tokenizer, Vocabulary, stratified_split
+from pipelines.data.validate import InvalidDataError
+from pipelines.prepare.features import PAD_ID, UNK_ID, Tokenizer, Vocabulary, text_split
 
 
 def test_urls_and_mentions_become_placeholder_tokens() -> None:
@@ -78,23 +79,55 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert loaded.encode("Caf\xe9 ok", 5) == vocab.encode("Caf\xe9 ok", 5)
 
 
-def test_split_keeps_each_labels_share() -> None:
-    labels = ["negative"] * 500 + ["neutral"] * 300 + ["positive"] * 200
-    split = stratified_split(labels, validation=0.1, holdout=0.2, seed=7)
-    for label, total in (("negative", 500), ("neutral", 300), ("positive", 200)):
+def _corpus(n: int, offset: int = 0) -> tuple[list[str], list[str]]:
+    labels = ["negative", "neutral", "positive"]
+    return [f"text number {k}" for k in range(offset, offset + n)], [labels[k % 5 % 3] for k in range(offset, offset + n)]
+
+
+def test_split_gives_each_label_its_share() -> None:
+    texts, labels = _corpus(3000)
+    split = text_split(texts, labels, validation=0.1, holdout=0.2, seed=7)
+    for label in ("negative", "neutral", "positive"):
         mine = split[np.asarray(labels) == label]
-        assert (mine == "holdout").sum() == pytest.approx(0.2 * total, abs=1)
-        assert (mine == "validation").sum() == pytest.approx(0.1 * total, abs=1)
+        total = len(mine)  # 1200 / 1200 / 600
+        for name, share in (("holdout", 0.2), ("validation", 0.1)):
+            spread = 4 * (total * share * (1 - share)) ** 0.5  # 4 standard deviations of a binomial count
+            assert abs((mine == name).sum() - share * total) < spread, (label, name)
     assert set(split) == {"train", "validation", "holdout"}
 
 
 def test_split_is_deterministic_for_a_seed() -> None:
-    labels = ["a", "b"] * 50
-    first = stratified_split(labels, 0.2, 0.2, seed=3)
-    assert (first == stratified_split(labels, 0.2, 0.2, seed=3)).all()
-    assert (first != stratified_split(labels, 0.2, 0.2, seed=4)).any()
+    texts, labels = _corpus(100)
+    first = text_split(texts, labels, 0.2, 0.2, seed=3)
+    assert (first == text_split(texts, labels, 0.2, 0.2, seed=3)).all()
+    assert (first != text_split(texts, labels, 0.2, 0.2, seed=4)).any()
+
+
+def test_a_text_keeps_its_split_when_texts_are_added_removed_or_reordered() -> None:
+    """evaluate re-scores the champion on today's holdout: none of the texts it trained on may move there."""
+    texts, labels = _corpus(600)
+    before = dict(zip(texts, text_split(texts, labels, 0.1, 0.1, seed=13)))
+    more_texts, more_labels = _corpus(40, offset=600)
+    order = np.random.default_rng(0).permutation(640 - 100)  # append 40, drop the first 100, shuffle
+    grown_texts = np.asarray(texts + more_texts)[100:][order].tolist()
+    grown_labels = np.asarray(labels + more_labels)[100:][order].tolist()
+    after = dict(zip(grown_texts, text_split(grown_texts, grown_labels, 0.1, 0.1, seed=13)))
+    assert all(after[text] == split for text, split in before.items() if text in after)
+
+
+def test_a_label_with_three_texts_gets_one_in_every_split() -> None:
+    texts, labels = _corpus(300)
+    texts, labels = texts + ["rare one", "rare two", "rare three"], labels + ["sarcastic"] * 3
+    split = text_split(texts, labels, 0.1, 0.1, seed=0)
+    assert sorted(split[-3:]) == ["holdout", "train", "validation"]
+
+
+def test_a_label_with_fewer_texts_than_splits_is_refused_with_the_counts() -> None:
+    texts, labels = _corpus(300)
+    with pytest.raises(InvalidDataError, match=r"'sarcastic': 2.*at least 3 texts"):
+        text_split(texts + ["a", "b"], labels + ["sarcastic"] * 2, 0.1, 0.1, seed=0)
 
 
 def test_split_fractions_must_leave_training_rows() -> None:
     with pytest.raises(ValueError, match="leave rows for training"):
-        stratified_split(["a", "b"] * 10, validation=0.5, holdout=0.5, seed=0)
+        text_split(*_corpus(20), validation=0.5, holdout=0.5, seed=0)
