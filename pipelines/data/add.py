@@ -92,7 +92,7 @@ def add_data(root: Path, task: str, file: Path, params: Params, mode: Mode = "ap
     previous_record = record.read_bytes() if record.is_file() else None
     write_atomic(merged, path)
     if path.read_bytes() != previous:  # a file that changes nothing is not recorded as added
-        note_added(root, task, file, mode, len(clean), spec.source)
+        note_added(root, task, file, mode, len(clean), spec.source, kind.read_settings())
     try:
         with _quiet("dvc.repo.scm_context"):  # its "git add data.dvc" hint: this commits data.dvc itself
             version = versioning.track(root)

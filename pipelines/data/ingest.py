@@ -29,12 +29,13 @@ def ingest(task: str, params: Params, root: Path, source_file: Path | None = Non
         frame, name = read_table(source_file), str(source_file)
     else:
         frame, name = read_source(spec.source, root), spec.source
-    clean, dropped = kind_for(spec).validate(frame, name)
+    kind = kind_for(spec)
+    clean, dropped = kind.validate(frame, name)
     for reason, count in dropped.items():
         if count:
             print(f"ingest {task}: {reason.replace('_', ' ')}: {count} rows", flush=True)
     path = raw_path(root, task)
     write_atomic(clean, path)
     if source_file is None:
-        write_record(root, task, fingerprint(spec.source, root))
+        write_record(root, task, fingerprint(spec.source, root, kind.read_settings()))
     return path

@@ -45,12 +45,15 @@ def version_data(root: str, task_names: list[str]) -> dict[str, str]:
     One version for the whole retrain: data.dvc covers every task's raw data, so every run of this
     retrain is tagged with the version data.dvc records at its end.
     """
+    from pipelines.tasks import kind_for
+
     logger = get_run_logger()
     path = Path(root)
     params = load_params(path)
     for task_name in task_names:
-        source = params.task(task_name).source
-        reason = fingerprint.reingest_reason(path, task_name, source)
+        spec = params.task(task_name)
+        source = spec.source
+        reason = fingerprint.reingest_reason(path, task_name, source, kind_for(spec).read_settings())
         if reason is not None:
             logger.info("ingesting %s from %s: %s", task_name, source, reason)
             with console.timed(task_name, "ingest") as step:

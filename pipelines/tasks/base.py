@@ -77,6 +77,12 @@ class TaskKind(Protocol):
         table and the dropped-row counts of the merge."""
         ...
 
+    def read_settings(self) -> dict[str, Any]:
+        """The task's settings `validate` reads the source by (column names; text: declared labels and the
+        duplicate policy): recorded with the source's fingerprint, so that changing one re-ingests the source
+        instead of training on what the old ones read."""
+        ...
+
     def prepare(self, raw: pd.DataFrame, prepared: Path) -> None:
         """Split the raw table and fit every transform on the training split only, writing the
         prepared files (rows with their split, fitted transforms, splits.json) into `prepared`."""

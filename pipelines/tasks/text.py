@@ -64,6 +64,10 @@ class TextKind:
             self._labels = sorted(frame["label"].astype(str).unique())
         return self.labels
 
+    def read_settings(self) -> dict[str, Any]:
+        spec = self.spec
+        return {"text": spec.text, "label": spec.label, "labels": spec.labels, "duplicates": spec.duplicates}
+
     def validate(self, frame: pd.DataFrame, name: str) -> tuple[pd.DataFrame, dict[str, int]]:
         spec = self.spec
         return validate_text(frame, text=spec.text, label=spec.label, labels=spec.labels,

@@ -94,6 +94,11 @@ class TimeSeriesKind:
         """The network's features in order: target, covariates known up to the origin, lead columns."""
         return [self.spec.target, *self.spec.covariates, *self.future.columns]
 
+    def read_settings(self) -> dict[str, Any]:
+        spec = self.spec
+        return {"timestamp": spec.timestamp, "target": spec.target, "covariates": list(spec.covariates),
+                "known_covariates": list(spec.known_covariates), "series_id": spec.series_id}
+
     def validate(self, frame: pd.DataFrame, name: str) -> tuple[pd.DataFrame, dict[str, int]]:
         spec = self.spec
         clean = validate_timeseries(frame, timestamp=spec.timestamp, target=spec.target,
