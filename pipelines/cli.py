@@ -37,7 +37,8 @@ class _SeqopsGroup(TyperGroup):
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, typer.Exit, typer.Abort,
+                typer.TyperException):  # typer >= 0.25 raises its own copy of click's usage errors
             raise
         except SeqopsError as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
@@ -93,8 +94,9 @@ def run(
         if serve_check:
             for name in summary:
                 _serve_check(root, name)
-        session.say("next: `seqops ui` (MLflow UI, runs and plots); `seqops serve forecast` (REST on :5055)")
         params = load_params(root)
+        serve = "; ".join(f"`seqops serve {name}`" for name in summary)
+        session.say(f"next: `seqops ui` (MLflow UI, runs and plots); {serve} (REST on :{params.serving.port})")
         for name, result in summary.items():
             metric = params.promote.metric_for(params.task(name).kind)
             session.say()

@@ -154,6 +154,15 @@ def test_cli_rejects_a_bad_file_with_one_line_naming_the_row(forecast: Path, tmp
     assert state(forecast, "forecast") == unchanged
 
 
+def test_cli_refuses_a_missing_file_as_a_usage_error(forecast: Path, tmp_path: Path) -> None:
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["data", "add", "forecast", str(tmp_path / "missing.csv")])
+
+    assert result.exit_code == 2
+    assert "does not exist" in result.output and "a bug in seqops" not in result.output
+
+
 def test_cli_reports_the_new_version_and_commit(forecast: Path, tmp_path: Path) -> None:
     from pipelines.cli import app
 
