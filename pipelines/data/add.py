@@ -62,7 +62,7 @@ def _current(root: Path, task: str, spec: TaskSpec, kind: TaskKind) -> pd.DataFr
     path = raw_path(root, task)
     if path.is_file():
         return pd.read_parquet(path)
-    clean, _ = kind.validate(read_source(spec.source, root), spec.source)
+    clean, _ = kind.validate(read_source(spec.source, root, spec.kind == "text"), spec.source)
     return clean
 
 
@@ -77,7 +77,7 @@ def add_data(root: Path, task: str, file: Path, params: Params, mode: Mode = "ap
     spec = params.task(task)
     kind = kind_for(spec)
     name = str(file)
-    clean, dropped = kind.validate(read_table(file), name)
+    clean, dropped = kind.validate(read_table(file, spec.kind == "text"), name)
     path = raw_path(root, task)
     previous = path.read_bytes() if path.is_file() else None
     if mode == "replace":

@@ -25,10 +25,11 @@ def ingest(task: str, params: Params, root: Path, source_file: Path | None = Non
     pipelines.data.validate.InvalidDataError / pipelines.data.sources.SourceError before writing anything.
     """
     spec = params.task(task)
+    strings = spec.kind == "text"  # "NA" in a text column is text
     if source_file is not None:
-        frame, name = read_table(source_file), str(source_file)
+        frame, name = read_table(source_file, strings), str(source_file)
     else:
-        frame, name = read_source(spec.source, root), spec.source
+        frame, name = read_source(spec.source, root, strings), spec.source
     kind = kind_for(spec)
     clean, dropped = kind.validate(frame, name)
     for reason, count in dropped.items():

@@ -65,35 +65,64 @@ BUILTINS = {"co2": _co2, "tweets": _tweets}
 BUILTIN_PACKAGES = {"co2": "statsmodels", "tweets": TWEETS_PACKAGE}
 
 
-def read_source(source: str, root: Path) -> pd.DataFrame:
-    """Read a source spec from params.yaml: `builtin:<name>` or a CSV/Parquet path (relative to root)."""
+def read_source(source: str, root: Path, strings: bool = False) -> pd.DataFrame:
+    """Read a source spec from params.yaml: `builtin:<name>` or a CSV/Parquet path (relative to root);
+    `strings` as `read_table`'s."""
     if source.startswith(BUILTIN_PREFIX):
         name = source[len(BUILTIN_PREFIX):]
         if name not in BUILTINS:
             raise SourceError(f"unknown built-in source {source!r}; available: "
                               + ", ".join(BUILTIN_PREFIX + n for n in sorted(BUILTINS)))
         return BUILTINS[name]()
-    return read_table(root / source)
+    return read_table(root / source, strings)
 
 
-def read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path, strings: bool = False) -> pd.DataFrame:
     """Read a CSV or Parquet file, with errors that name the file.
 
-    CSV is read as UTF-8 and, when it is not valid UTF-8, again as latin-1: spreadsheet and older
-    tweet exports are often latin-1 (or cp1252), and latin-1 decodes any byte, so such a file is read
-    rather than refused; its odd characters stay for validation and the tokenizer to see.
+    CSV is read as UTF-8 and, when it is not valid UTF-8, as Windows-1252 (what spreadsheets on Windows
+    save: curly quotes and the euro sign in 0x80-0x9F), else as latin-1, which decodes any byte, so such
+    a file is read rather than refused; its odd characters stay for validation and the tokenizer to see.
+    `strings`: only an empty cell is missing (text tasks: "NA", "null" or "None" is text someone wrote),
+    where pandas' default also reads those words as missing values (series tasks rely on it for "NA").
+    A file that is one column named like "a;b" was written with another separator: refused, saying so.
     """
     if not path.is_file():
         raise SourceError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    missing = {"keep_default_na": False, "na_values": [""]} if strings else {}
     try:
         if suffix == ".csv":
-            try:
-                return pd.read_csv(path, encoding="utf-8")
-            except UnicodeDecodeError:
-                return pd.read_csv(path, encoding="latin-1")
+            for encoding in _CSV_ENCODINGS:
+                try:
+                    return _comma_separated(path, pd.read_csv(path, encoding=encoding, **missing))
+                except UnicodeDecodeError:
+                    continue
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
-    except (ValueError, OSError, pd.errors.ParserError) as e:
+    except pd.errors.ParserError as e:
+        raise SourceError(f"{path}: cannot be read as csv: {e}{_separator_hint(path)}") from None
+    except (ValueError, OSError) as e:
         raise SourceError(f"{path}: cannot be read as {suffix[1:]}: {e}") from None
     raise SourceError(f"{path}: unsupported format {suffix!r}; use .csv or .parquet")
+
+
+_CSV_ENCODINGS = ("utf-8", "cp1252", "latin-1")  # latin-1 last: it decodes any byte
+_OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "bars"}
+
+
+def _separator_hint(path: Path) -> str:
+    """`: it looks separated by semicolons ...` when the header line has another separator and no comma."""
+    with path.open("rb") as handle:
+        header = handle.readline().decode("utf-8", errors="replace")
+    for separator, name in _OTHER_SEPARATORS.items():
+        if separator in header and "," not in header:
+            return (f"; its header line is separated by {name}, and seqops reads .csv files separated by commas: "
+                    f"save it with commas (or as Parquet)")
+    return ""
+
+
+def _comma_separated(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    if len(frame.columns) == 1 and (hint := _separator_hint(path)):
+        raise SourceError(f"{path}: one column {str(frame.columns[0])!r}{hint}")
+    return frame

@@ -130,12 +130,29 @@ def _short(value: object, width: int = 60) -> str:
 
 
 def _label(value: object) -> str | None:
-    """A label cell as a string: strings as they are, integers (a CSV of 0/1 labels) by their digits."""
+    """A label cell as a string: strings without surrounding spaces, integers (a CSV of 0/1 labels) by their
+    digits, whole floats too (pandas reads an integer column with one blank cell as floats); None for a blank
+    cell or anything else."""
     if isinstance(value, str):
-        return value
+        return value.strip() or None
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return str(value)
+    if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
+        return str(int(value))
     return None
+
+
+def _blank(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) or (
+        isinstance(value, str) and not value.strip())
+
+
+def _alike(labels: list[str]) -> list[list[str]]:
+    """Groups of labels equal but for case ('Positive', 'positive'): one label spelt two ways, almost always."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(label.casefold(), []).append(label)
+    return [group for group in groups.values() if len(group) > 1]
 
 
 def _rows(mask: pd.Series | np.ndarray, values: pd.Series) -> str:
@@ -201,18 +218,27 @@ def validate_text(frame: pd.DataFrame, *, text: str, label: str, labels: list[st
     if not_text.any():
         raise InvalidDataError(f"{name}: column {text!r} {_rows(not_text, raw_text)}: not text")
 
+    empty = (texts.map(lambda s: " ".join(s.split())) == "").to_numpy()  # [N]: nothing to classify, whatever the label
     raw_label = frame[label].astype(object)
     label_values = raw_label.map(_label)
+    missing = ~empty & raw_label.map(_blank).to_numpy(dtype=bool)
+    if missing.any():
+        raise InvalidDataError(f"{name}: column {label!r} {_rows(missing, raw_label)}: no label (a blank cell); "
+                              f"label these texts or remove them")
+    declared = labels is not None
     if labels is None:  # inferred from the data: every string or integer cell is a label, sorted
-        labels = sorted(set(label_values.dropna()))
-    unknown = ~label_values.isin(labels)
+        labels = sorted(set(label_values[~empty].dropna()))
+    unknown = ~empty & ~label_values.isin(labels).to_numpy()
     if unknown.any():
+        what = "declared labels" if declared else "labels (strings or whole numbers)"
         raise InvalidDataError(f"{name}: column {label!r} {_rows(unknown, raw_label)}: not one of the "
-                              f"declared labels {labels}")
+                              f"{what} {labels}")
+    if not declared and (alike := _alike(labels)):
+        raise InvalidDataError(f"{name}: column {label!r} has labels that differ only in case: {alike}; make "
+                               f"them one label in the file, or declare `labels` to keep them apart")
 
     out = pd.DataFrame({"text": texts.to_numpy(dtype=object), "label": label_values.to_numpy(dtype=object)})
     key = out["text"].map(lambda s: " ".join(s.split()))
-    empty = key == ""
     counts = {"dropped_empty": int(empty.sum()), "dropped_duplicates": 0, "dropped_conflicting": 0}
     out, key = out[~empty], key[~empty]
     if duplicates == "drop":

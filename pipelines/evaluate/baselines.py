@@ -28,7 +28,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from threadpoolctl import threadpool_limits
 
 from pipelines.config import StatsforecastBaseline
-from pipelines.prepare.features import Tokenizer, seasonal_naive
+from pipelines.prepare.features import TWEET_TOKENS, seasonal_naive
 
 STATISTICAL = ("naive", "seasonal_naive", *get_args(StatsforecastBaseline))
 C_GRID = (0.25, 1.0, 4.0)  # logistic regression's inverse regularisation, chosen by 3-fold CV
@@ -83,7 +83,7 @@ def fit_tfidf_logreg(train_texts: Sequence[str], train_labels: Sequence[str], se
     on one thread: on a small machine shared with other work, more threads stall rather than speed up.
     """
     model = make_pipeline(
-        TfidfVectorizer(tokenizer=Tokenizer(), lowercase=False, token_pattern=None, ngram_range=(1, 2),
+        TfidfVectorizer(tokenizer=TWEET_TOKENS, lowercase=False, token_pattern=None, ngram_range=(1, 2),
                         min_df=2, sublinear_tf=True),
         # l1_ratios and use_legacy_attributes as scikit-learn 1.10 will default them (the same fit; no FutureWarning)
         LogisticRegressionCV(Cs=list(C_GRID), cv=CV_FOLDS, scoring=macro_f1_scorer, max_iter=1000, random_state=seed,

@@ -345,6 +345,7 @@ _TOKEN_PATTERN = re.compile(r"""
   | (?P<hashtag>\#\w+)
   | (?P<word>[^\W_]+(?:['’][^\W_]+)*)
   | (?P<mark>[!?])
+  | (?P<symbol>[\u2190-\u21ff\u2300-\u23ff\u2600-\u27bf\u2b00-\u2bff\U0001f000-\U0001faff])
 """, re.VERBOSE)
 
 
@@ -359,15 +360,19 @@ def pad_batch(encoded: Sequence[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class Tokenizer:
-    """Tweet tokens: words (with inner apostrophes), #hashtags, emoticons, "!" and "?".
+    """Tweet tokens: words (with inner apostrophes), #hashtags, emoticons, "!", "?" and, with `symbols`,
+    emoji and pictographs (arrows, dingbats, ♥), one token each.
 
     HTML entities are unescaped first (tweet exports carry `&amp;`, `&lt;3`). Every URL becomes
     `<url>` and every @mention `<user>`: their exact strings are nearly all unique and would only
     fill the vocabulary. Other punctuation and symbols are dropped; underscores split words, so
-    mojibake such as `cars_Ñ_` yields `cars` and `ñ`.
+    mojibake such as `cars_Ñ_` yields `cars` and `ñ`. `symbols` is False in a tokenizer saved before
+    it existed (those dropped emoji), so a model reads text as it was trained; prepare uses
+    TWEET_TOKENS.
     """
 
     lowercase: bool = True
+    symbols: bool = False
 
     def __call__(self, text: str) -> list[str]:
         text = html.unescape(text)
@@ -379,9 +384,15 @@ class Tokenizer:
                 tokens.append(URL_TOKEN)
             elif match.lastgroup == "user":
                 tokens.append(USER_TOKEN)
+            elif match.lastgroup == "symbol" and not self.symbols:
+                continue
             else:
                 tokens.append(match.group())
         return tokens
+
+
+TWEET_TOKENS = Tokenizer(symbols=True)
+"""The tokenizer prepare fits with: emoji are tokens (a strong sentiment cue)."""
 
 
 @dataclass(frozen=True)
@@ -389,7 +400,7 @@ class Vocabulary:
     """Token <-> id, with `<pad>` = 0 and `<unk>` = 1 (any token not seen often enough in training)."""
 
     tokens: tuple[str, ...]
-    tokenizer: Tokenizer = Tokenizer()
+    tokenizer: Tokenizer = TWEET_TOKENS
     _ids: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -399,7 +410,7 @@ class Vocabulary:
 
     @classmethod
     def fit(cls, texts: Iterable[str], min_freq: int = 1, max_size: int | None = None,
-            tokenizer: Tokenizer = Tokenizer()) -> "Vocabulary":
+            tokenizer: Tokenizer = TWEET_TOKENS) -> "Vocabulary":
         """Fit on the TRAINING texts only: a validation or holdout word must look unseen, as at serving.
 
         Keeps tokens seen at least `min_freq` times, most frequent first, ties by token so the ids do

@@ -27,6 +27,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from pipelines.prepare.features import (
     PAD_ID,
     PAD_TOKEN,
+    TWEET_TOKENS,
     UNK_ID,
     UNK_TOKEN,
     URL_TOKEN,
@@ -57,12 +58,12 @@ class TextEncoder(Protocol):
 class SubwordTokenizer:
     """Tweet tokens, then byte-level BPE subwords; `<pad>` = 0, `<unk>` = 1 (a text with no token)."""
 
-    def __init__(self, bpe: BPE, words: Tokenizer = Tokenizer()) -> None:
+    def __init__(self, bpe: BPE, words: Tokenizer = TWEET_TOKENS) -> None:
         self.bpe, self.words = bpe, words
 
     @classmethod
     def fit(cls, texts: Iterable[str], vocab_size: int, min_frequency: int,
-            words: Tokenizer = Tokenizer()) -> SubwordTokenizer:
+            words: Tokenizer = TWEET_TOKENS) -> SubwordTokenizer:
         """Learn the merges on the TRAINING texts only: a holdout word must look as new as at serving.
 
         `vocab_size` caps the table (special tokens and the 256 byte symbols included); a merge must be

@@ -82,7 +82,7 @@ def unlabelled_texts(spec: TextTask, root: Path) -> list[str]:
         raise PretrainError(f"unlabelled: {path} does not exist; point the task's `unlabelled` at a text file")
     if path.suffix == ".txt":
         return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    table = read_table(path)
+    table = read_table(path, strings=True)
     if spec.text not in table.columns:
         raise PretrainError(f"unlabelled: {path} has no column {spec.text!r} (the task's `text`); "
                             f"it has {list(table.columns)}")

@@ -3,13 +3,14 @@ that a text keeps when the corpus grows or shrinks."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipelines.data.validate import InvalidDataError
-from pipelines.prepare.features import PAD_ID, UNK_ID, Tokenizer, Vocabulary, text_split
+from pipelines.prepare.features import PAD_ID, TWEET_TOKENS, UNK_ID, Tokenizer, Vocabulary, text_split
 
 
 def test_urls_and_mentions_become_placeholder_tokens() -> None:
@@ -24,6 +25,20 @@ def test_tokens_are_lowercased_and_keep_emoticons_hashtags_and_contractions() ->
 
 def test_times_are_not_read_as_emoticons() -> None:
     assert Tokenizer()("at 10:30") == ["at", "10", "30"]
+
+
+def test_emoji_are_tokens_of_the_tokenizer_prepare_fits_with() -> None:
+    assert TWEET_TOKENS("Loved it 😀😍 ♥!") == ["loved", "it", "😀", "😍", "♥", "!"]
+    assert TWEET_TOKENS("😡") != TWEET_TOKENS("😀")
+
+
+def test_a_tokenizer_saved_before_emoji_were_tokens_still_drops_them(tmp_path: Path) -> None:
+    """A served model reads text as it was trained: its saved tokenizer has no `symbols` field."""
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps({"tokenizer": {"lowercase": True}, "tokens": ["<pad>", "<unk>", "good"]}))
+    vocab = Vocabulary.load(path)
+    assert vocab.tokenizer("good 😀") == ["good"]
+    assert vocab.encode("good 😀", 5) == vocab.encode("good", 5)
 
 
 def test_word_seen_only_in_validation_maps_to_unk() -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pipelines.data.atomic import write_atomic
-from pipelines.data.sources import read_source, read_table
+from pipelines.data.sources import SourceError, read_source, read_table
 from pipelines.data.validate import InvalidDataError, validate_text
 
 LABELS = ["negative", "neutral", "positive"]
@@ -33,10 +33,41 @@ def test_missing_text_or_label_column_is_named(column: str) -> None:
 
 
 def test_unknown_labels_name_their_rows_and_values() -> None:
-    frame = _frame(["a", "b", "c", "d"], ["positive", "happy", "neutral", None])
-    with pytest.raises(InvalidDataError, match=r"column 'label' rows 2 \('happy'\), 4 \(None\): not one of "
+    frame = _frame(["a", "b", "c", "d"], ["positive", "happy", "neutral", "sad"])
+    with pytest.raises(InvalidDataError, match=r"column 'label' rows 2 \('happy'\), 4 \('sad'\): not one of "
                                               r"the declared labels"):
         _validate(frame)
+
+
+def test_a_text_without_a_label_is_named_as_such() -> None:
+    frame = _frame(["a", "b", "c"], ["positive", None, "  "])
+    with pytest.raises(InvalidDataError, match=r"rows 2 \(None\), 3 \('  '\): no label \(a blank cell\)"):
+        _validate(frame)
+
+
+def test_a_row_with_neither_text_nor_label_is_dropped_as_empty() -> None:
+    """A spreadsheet's trailing empty rows, or a blank line with commas."""
+    clean, counts = _validate(_frame(["good", np.nan, ""], ["positive", np.nan, None]))
+    assert clean.to_dict("records") == [{"text": "good", "label": "positive"}]
+    assert counts["dropped_empty"] == 2
+
+
+def test_labels_lose_surrounding_spaces_and_whole_floats_read_as_integers() -> None:
+    """pandas reads an integer label column with one blank cell as floats; a spreadsheet leaves "positive "."""
+    clean, _ = validate_text(_frame(["a", "b", "c"], [1.0, 0.0, 2.0]), text="text", label="label", labels=None,
+                             duplicates="drop", name="t.csv")
+    assert clean["label"].tolist() == ["1", "0", "2"]
+    clean, _ = _validate(_frame(["a", "b"], ["positive ", " neutral"]))
+    assert clean["label"].tolist() == ["positive", "neutral"]
+    with pytest.raises(InvalidDataError, match=r"row 1 \(0\.5\): not one of the labels \(strings or whole"):
+        validate_text(_frame(["a", "b"], [0.5, 1]), text="text", label="label", labels=None, duplicates="drop",
+                      name="t.csv")
+
+
+def test_inferred_labels_that_differ_only_in_case_are_refused() -> None:
+    frame = _frame(["a", "b", "c"], ["positive", "Positive", "negative"])
+    with pytest.raises(InvalidDataError, match=r"differ only in case: \[\['Positive', 'positive'\]\]"):
+        validate_text(frame, text="text", label="label", labels=None, duplicates="drop", name="t.csv")
 
 
 def test_only_the_first_few_bad_rows_are_listed() -> None:
@@ -115,6 +146,29 @@ def test_latin1_csv_is_read_after_utf8_fails(tmp_path: Path) -> None:
     path = tmp_path / "tweets.csv"
     path.write_bytes("text,label\ncaf\xe9 au lait,positive\n".encode("latin-1"))
     assert read_table(path)["text"].tolist() == ["caf\xe9 au lait"]
+
+
+def test_a_windows_1252_csv_keeps_its_quotes_and_euro_sign(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.csv"
+    text = "\u201cGreat\u201d trip, only 5\u20ac \u2013 loved it"
+    path.write_bytes(f'text,label\n"{text}",positive\n'.encode("cp1252"))
+    assert read_table(path)["text"].tolist() == [text]
+
+
+def test_words_pandas_reads_as_missing_stay_text_in_a_text_table(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.csv"
+    path.write_text("text,label\nNA,neutral\nnull,negative\nNone,positive\n,neutral\n")
+    assert read_table(path, strings=True)["text"].tolist()[:3] == ["NA", "null", "None"]
+    assert pd.isna(read_table(path, strings=True)["text"].iloc[3])
+    assert read_table(path)["text"].isna().all()  # series tables: "NA" is a missing value
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_csv_with_another_separator_is_refused_saying_so(tmp_path: Path, separator: str) -> None:
+    path = tmp_path / "reviews.csv"
+    path.write_text(f"text{separator}label\ngood, really{separator}positive\nbad{separator}negative\n")
+    with pytest.raises(SourceError, match=r"header line is separated by (semicolons|tabs).*save it with commas"):
+        read_table(path)
 
 
 def test_builtin_tweets_read_offline_with_three_labels() -> None:
