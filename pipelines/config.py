@@ -431,6 +431,9 @@ def _format_error(err: ValidationError, source: str) -> str:
         if len(loc) > 2 and loc[0] == "tasks" and loc[2] in TASK_KINDS:
             del loc[2]  # the union's tag, not a key the user wrote
         key = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "union_tag_not_found":  # pydantic's "Unable to extract tag using discriminator 'kind'"
+            lines.append(f"  {key}: missing key 'kind': say what the task is, one of {list(TASK_KINDS)}")
+            continue
         lines.append(f"  {key}: {e['msg']}")
     return "\n".join(lines)
 

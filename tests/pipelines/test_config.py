@@ -31,6 +31,12 @@ def test_unknown_cell_names_the_key_and_the_allowed_values(tmp_path: Path) -> No
         load_params(path)
 
 
+def test_a_task_without_kind_is_told_the_key_and_its_values(tmp_path: Path) -> None:
+    path = _write(tmp_path, lambda r: r["tasks"].update(reviews={"source": "reviews.csv"}))
+    with pytest.raises(ConfigError, match=r"tasks\.reviews: missing key 'kind'.*\['timeseries', 'text'\]"):
+        load_params(path)
+
+
 def test_misspelled_key_is_rejected(tmp_path: Path) -> None:
     path = _write(tmp_path, lambda r: r["clipping"].update(max_nrom=1.0))
     with pytest.raises(ConfigError, match=r"clipping\.max_nrom: Extra inputs are not permitted"):
