@@ -124,6 +124,9 @@ class ToyKind:
     def __init__(self, spec: ToyTask) -> None:
         self.spec = spec
 
+    def read_settings(self) -> dict[str, Any]:
+        return {"columns": COLUMNS}
+
     def validate(self, frame: pd.DataFrame, name: str) -> tuple[pd.DataFrame, dict[str, int]]:
         missing = [c for c in [*COLUMNS, "label"] if c not in frame.columns]
         if missing:
@@ -291,3 +294,15 @@ def test_series_example_request_ends_the_prepared_series_with_its_covariates(tmp
     assert record["promo"] == list(np.arange(96.0, 200.0) % 2)
     assert request["params"] == {"horizon": TINY_FORECAST["serving"]["default_horizon"]}
     assert kind.load_prepared(tmp_path)["timestamp"].iloc[-1] == dates[-1]  # the plots' dates travel with it
+
+
+def test_a_series_with_nothing_to_learn_is_refused_before_evaluate_divides_by_zero(tmp_path: Path) -> None:
+    """Constant (or exactly seasonal) over training: seasonal naive is perfect and MASE divides by its error."""
+    spec = Params.model_validate({"tasks": {"flat": {**TINY_FORECAST, "source": "flat.csv"}}}).task("flat")
+    kind = kind_for(spec)
+    dates = pd.date_range("2020-01-05", periods=200, freq="W-SUN")
+    raw, _ = kind.validate(pd.DataFrame({"date": dates, "co2": np.full(200, 5.0)}), "flat.csv")
+    with pytest.raises(InvalidDataError, match=r"'co2': every series repeats itself exactly every \d+ steps"):
+        kind.prepare(raw, tmp_path)
+    raw, _ = kind.validate(pd.DataFrame({"date": dates, "co2": 5.0 + np.arange(200) % 7}), "flat.csv")
+    kind.prepare(raw, tmp_path)  # a season the data does not repeat on exactly is learnable
