@@ -42,6 +42,7 @@ from pandas.tseries import offsets
 from pandas.tseries.frequencies import to_offset
 
 from pipelines.config import SeriesPrepare, TimeSeriesTask, Variant, VariantPrepare
+from pipelines.config_base import ConfigError
 from pipelines.data.calendar import infer_frequency
 from pipelines.data.validate import InvalidDataError
 from pipelines.prepare.features import smoothing_min_steps
@@ -173,6 +174,10 @@ def resolve(spec: TimeSeriesTask, raw: pd.DataFrame) -> tuple[TimeSeriesTask, di
     options = SeriesPrepare.model_validate(prepare)
     lost = max(options.for_variant(v).lost_steps for v in variants)
     pick(serving, "serving", "min_history", max(season + 1, lost + 1, MIN_HISTORY))
+    if serving["max_history"] < serving["min_history"]:
+        raise ConfigError(f"serving.max_history ({serving['max_history']}) is below serving.min_history "
+                          f"({serving['min_history']}{', derived' if 'serving.min_history' in derived else ''}): no "
+                          f"history could be both long enough and accepted; raise serving.max_history")
     resolved = TimeSeriesTask.model_validate({
         **spec.model_dump(exclude={"variants"}), **top, "prepare": prepare, "evaluate": evaluate,
         "serving": serving, "training": training, "variants": [v.model_dump() for v in variants]})

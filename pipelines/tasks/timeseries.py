@@ -162,6 +162,7 @@ class TimeSeriesKind:
         columns = self.network_columns
         groups = list(series.groupby("series_id", sort=False))
         train = [g.loc[g["split"] == "train", columns].to_numpy() for _, g in groups]
+        self._check_learnable(train)
         options_by_file = {TRANSFORM_FILE: self.spec.prepare,
                            **{self.transform_file(v): self.spec.prepare.for_variant(v) for v in self.spec.variants}}
         for file, options in options_by_file.items():
@@ -175,6 +176,19 @@ class TimeSeriesKind:
 
     def load_prepared(self, prepared: Path) -> pd.DataFrame:
         return pd.read_parquet(prepared / SERIES_FILE)
+
+    def _check_learnable(self, train: list[np.ndarray]) -> None:
+        """Refuse a task whose every series repeats itself exactly each season over its training split
+        (constant, or perfectly periodic): last season's values forecast it without error, and MASE, the
+        gate's metric, divides by that error, so no model could be compared (it crashed evaluate)."""
+        season = self.spec.prepare.season
+        scales = [np.mean(np.abs(t[season:, 0] - t[:-season, 0])) for t in train if len(t) > season]
+        size = max((np.max(np.abs(t[:, 0])) for t in train if len(t)), default=0.0)
+        if scales and max(scales) <= 1e-9 * max(size, 1.0):
+            raise InvalidDataError(f"{self.spec.target!r}: every series repeats itself exactly every {season} "
+                                   f"steps (prepare.season) over its training split (constant, or perfectly "
+                                   f"periodic): last season's values forecast it without error and MASE, which "
+                                   f"divides by that error, cannot compare models; there is nothing to learn")
 
     @staticmethod
     def transform_file(variant: Variant | None) -> str:
@@ -239,14 +253,16 @@ class TimeSeriesKind:
 
     def request_rows(self, group: pd.DataFrame, origins: list[int], horizon: int) -> pd.DataFrame:
         """One REST record per origin of one prepared series: the history before the origin (target and
-        every covariate), its last timestamp, and the known covariates' values over the horizon."""
+        every covariate; its last serving.max_history steps, what a client may send), its last timestamp, and
+        the known covariates' values over the horizon."""
+        first = {o: max(0, o - self.spec.serving.max_history) for o in origins}  # what a client may send
         rows = pd.DataFrame({"series_id": [str(group["series_id"].iloc[0])] * len(origins),
-                             "history": [group[self.spec.target].to_numpy(dtype=np.float64)[:o].tolist()
+                             "history": [group[self.spec.target].to_numpy(dtype=np.float64)[first[o]:o].tolist()
                                          for o in origins],
                              "last_timestamp": [pd.Timestamp(group["timestamp"].iloc[o - 1]).isoformat()
                                                 for o in origins]})
         for column in [*self.spec.covariates, *self.spec.known_covariates]:
-            rows[column] = [group[column].to_numpy(dtype=np.float64)[:o].tolist() for o in origins]
+            rows[column] = [group[column].to_numpy(dtype=np.float64)[first[o]:o].tolist() for o in origins]
         for column, field in zip(self.spec.known_covariates, self.future.future_fields):
             rows[field] = [group[column].to_numpy(dtype=np.float64)[o:o + horizon].tolist() for o in origins]
         return rows

@@ -49,6 +49,30 @@ def test_a_declared_frequency_is_used_instead_of_the_inferred_one() -> None:
     assert len(filled) == 19 and filled["y"].iloc[1] == pytest.approx(0.5)
 
 
+def test_day_first_dates_read_month_first_are_refused_instead_of_interpolated() -> None:
+    """01/02/2000 (1 February) read as 2 January: twelve days a year on a daily grid, the rest made up."""
+    written = [f"01/{month:02d}/{year}" for year in range(2000, 2010) for month in range(1, 13)]
+    frame = pd.DataFrame({"date": written, "y": np.arange(120.0)})
+    clean = validate_timeseries(frame, timestamp="date", target="y", covariates=[], series_id=None, name="t.csv")
+    with pytest.raises(InvalidDataError, match=r"its 120 timestamps fill 4% of the inferred frequency 'D' grid.*"
+                                               r"The first read as 2000-01-01 00:00:00, 2000-01-02.*day-first"):
+        fill_gaps(clean, ["y"], "interpolate")
+
+
+def test_a_declared_frequency_far_finer_than_the_data_is_refused() -> None:
+    stamps = pd.date_range("2001-01-01", periods=24, freq="MS")
+    with pytest.raises(InvalidDataError, match=r"of the declared frequency 'h' grid.*set the task's `freq:`"):
+        fill_gaps(series(stamps), ["y"], "interpolate", freq="h")
+
+
+def test_a_duplicate_date_gets_no_daylight_saving_hint() -> None:
+    stamps = list(pd.date_range("2001-01-01", periods=6, freq="MS").astype(str))
+    stamps[3] = stamps[2]
+    with pytest.raises(InvalidDataError, match=r"row 4: duplicate timestamp 2001-03-01 00:00:00$"):
+        validate_timeseries(pd.DataFrame({"date": stamps, "y": np.arange(6.0)}), timestamp="date", target="y",
+                            covariates=[], series_id=None, name="t.csv")
+
+
 def test_an_irregular_file_names_its_first_bad_row_and_the_frequency() -> None:
     stamps = list(pd.date_range("2001-01-01", periods=30, freq="MS"))
     stamps[17] = pd.Timestamp("2002-06-15")

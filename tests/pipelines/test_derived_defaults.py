@@ -51,6 +51,13 @@ def test_explicit_keys_win_over_derived_ones() -> None:
     assert not {"horizon", "prepare.season", "prepare.holdout", "variants"} & set(derived)
 
 
+def test_a_max_history_below_the_derived_min_history_is_a_config_error_naming_it() -> None:
+    """It passed, trained, and crashed evaluate, whose requests the served model then refused."""
+    given = {**FIVE_LINES, "serving": {"max_history": 10}}
+    with pytest.raises(ConfigError, match=r"serving\.max_history \(10\) is below serving\.min_history \(13, derived\)"):
+        resolve(TimeSeriesTask.model_validate(given), monthly(240))
+
+
 def test_a_short_series_bounds_the_horizon_splits_and_window() -> None:
     spec, _ = resolve(TimeSeriesTask.model_validate(FIVE_LINES), monthly(60))
     assert spec.evaluate.horizon == 6 and spec.prepare.holdout == 12

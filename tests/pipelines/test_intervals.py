@@ -112,6 +112,15 @@ def test_winkler_score_adds_the_scaled_miss_to_the_width() -> None:
     assert metrics["winkler_80"] == pytest.approx((2.0 + 42.0 + 12.0) / 3)
 
 
+def test_an_exact_forecast_s_zero_width_interval_covers_actuals_off_by_rounding_only() -> None:
+    """A noise-free seasonal series: seasonal naive is exact up to float rounding, and was refused by the
+    coverage floor (8 % coverage) for it."""
+    actual = np.sin(np.linspace(0, 20, 50)) * 1e3  # [50]
+    rounded = actual + np.spacing(actual) * 3  # [50]
+    assert interval_metrics(actual, rounded, rounded, 80.0)["coverage_80"] == 1.0
+    assert interval_metrics(actual, rounded + 1e-3, rounded + 1e-3, 80.0)["coverage_80"] == 0.0
+
+
 def test_the_gate_refuses_a_forecast_whose_80_percent_interval_covers_too_little() -> None:
     refused, reason = coverage_check({"mae": 1.0, "coverage_80": 0.55}, 0.7)
     passed, _ = coverage_check({"mae": 1.0, "coverage_80": 0.78}, 0.7)
