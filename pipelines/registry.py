@@ -32,6 +32,7 @@ from pipelines.train.tracking import configure, registered_name
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "seqops.champion_history"
 CANDIDATE_TYPE_TAG = "seqops.candidate_type"  # variant | ensemble | baseline
+SPLIT_TAG = "seqops.split"  # how the version's holdout was drawn (TaskKind.holdout_split), where the kind says
 
 
 class RegistryError(SeqopsError):
@@ -126,12 +127,16 @@ def coverage_check(scores: dict[str, float], floor: float) -> tuple[bool, str]:
                    f"below the floor promote.coverage_floor = {floor:.0%}")
 
 
-def promote(root: Path, task: str, params: Params, rescore) -> Decision:
+def promote(root: Path, task: str, params: Params, rescore, split: str | None = None) -> Decision:
     """Register the retrain's chosen candidate (a variant, an ensemble, or the best baseline when no
     recurrent candidate beat it) and move `champion` if it earned it: it must beat the best baseline
     and the current champion, both on this retrain's holdout.
 
     `rescore(model_uri) -> float` scores a model on this retrain's holdout with the task kind's metric.
+    `split` says how this retrain drew its holdout (TaskKind.holdout_split; None where the kind does not
+    track it). A champion whose splits were drawn otherwise (another seed or fractions, or from before the
+    tag) may have trained on this holdout: its score there would be inflated for good, and it would never
+    be replaced, so it is not compared; the candidate must still beat the baseline.
     """
     client = configure(root)
     name = registered_name(task)
@@ -143,12 +148,18 @@ def promote(root: Path, task: str, params: Params, rescore) -> Decision:
 
     version = str(mlflow.register_model(entry["model_uri"], name).version)
     current = champion_version(client, name)
-    champion_score = rescore(f"models:/{name}@{CHAMPION}") if current is not None else None
+    champion_split = client.get_model_version(name, current).tags.get(SPLIT_TAG) if current is not None else None
+    comparable = current is None or split is None or champion_split == split
+    champion_score = rescore(f"models:/{name}@{CHAMPION}") if current is not None and comparable else None
     promoted, reason = baseline_check(entry["type"], scores, metric.name, metric.goal)
     if promoted:
         promoted, reason = coverage_check(scores, params.promote.coverage_floor)
     if promoted:
         promoted, reason = decide(candidate_score, champion_score, params.promote.min_improvement, metric.goal)
+        if promoted and not comparable:
+            reason = (f"champion v{current}'s holdout was drawn {champion_split or 'before splits were recorded'}, "
+                      f"this one {split}: it may have trained on this holdout, so it is not compared; the candidate "
+                      f"beats the baseline")
 
     dv = data_version(root)
     tags = {
@@ -157,6 +168,7 @@ def promote(root: Path, task: str, params: Params, rescore) -> Decision:
         DECISION_TAG: PROMOTED if promoted else "rejected", "promotion.reason": reason,
         "promotion.metric": f"{metric.name} ({metric.goal})", "promotion.candidate_score": repr(candidate_score),
         "promotion.champion_score": repr(champion_score), "promotion.champion_version": str(current),
+        **({SPLIT_TAG: split} if split is not None else {}),
     }
     if promoted:  # signed before `champion` moves: servers load only what the gate signed
         tags.update(signature_tags(name, version, root))

@@ -171,8 +171,10 @@ def promote(root: str, task_name: str) -> dict[str, Any]:
     def rescore(model_uri: str) -> float:
         return float(score_model(spec, prepared, model_uri).metrics[metric])
 
+    from pipelines.tasks import kind_for
+
     with console.timed(task_name, "promote") as step:
-        decision = registry.promote(path, task_name, params, rescore)
+        decision = registry.promote(path, task_name, params, rescore, kind_for(spec).holdout_split())
         step.note = f"v{decision.version} {'promoted' if decision.promoted else 'not promoted'}"
     get_run_logger().info("%s v%s: %s (%s)", task_name, decision.version,
                           "promoted to champion" if decision.promoted else "not promoted", decision.reason)

@@ -83,6 +83,12 @@ class TaskKind(Protocol):
         instead of training on what the old ones read."""
         ...
 
+    def holdout_split(self) -> str | None:
+        """How prepare draws the holdout, as a tag the registry compares (pipelines/registry.py, SPLIT_TAG):
+        a champion drawn otherwise may have trained on today's holdout. None: nothing to compare (a series'
+        holdout is its latest steps, which an earlier champion never saw)."""
+        ...
+
     def prepare(self, raw: pd.DataFrame, prepared: Path) -> None:
         """Split the raw table and fit every transform on the training split only, writing the
         prepared files (rows with their split, fitted transforms, splits.json) into `prepared`."""

@@ -68,6 +68,11 @@ class TextKind:
         spec = self.spec
         return {"text": spec.text, "label": spec.label, "labels": spec.labels, "duplicates": spec.duplicates}
 
+    def holdout_split(self) -> str:
+        settings = self.spec.prepare
+        return (f"by text hash (seed {settings.seed}, holdout {settings.holdout:g}, "
+                f"validation {settings.validation:g})")
+
     def validate(self, frame: pd.DataFrame, name: str) -> tuple[pd.DataFrame, dict[str, int]]:
         spec = self.spec
         return validate_text(frame, text=spec.text, label=spec.label, labels=spec.labels,

@@ -94,6 +94,9 @@ class TimeSeriesKind:
         """The network's features in order: target, covariates known up to the origin, lead columns."""
         return [self.spec.target, *self.spec.covariates, *self.future.columns]
 
+    def holdout_split(self) -> None:
+        return None
+
     def read_settings(self) -> dict[str, Any]:
         spec = self.spec
         return {"timestamp": spec.timestamp, "target": spec.target, "covariates": list(spec.covariates),

@@ -48,6 +48,15 @@ def _promote(root: Path, candidate: float, champion: float, min_improvement: flo
     return registry.promote(root, "forecast", params, rescore=lambda uri: champion)
 
 
+def _promote_split(root: Path, candidate: float, champion: float, split: str | None) -> tuple[registry.Decision, list]:
+    """`_promote` for a kind that tags how it drew its holdout; also returns the models it re-scored."""
+    _candidate(root, candidate)
+    rescored: list[str] = []
+    decision = registry.promote(root, "forecast", load_params(root),
+                                rescore=lambda uri: rescored.append(uri) or champion, split=split)
+    return decision, rescored
+
+
 def _champion(root: Path) -> str | None:
     return registry.champion_version(configure(root), "seqops-forecast")
 
@@ -82,6 +91,22 @@ def test_champion_stays_when_the_candidate_has_not_earned_it(store: Path, candid
     client = configure(store)
     assert str(client.get_model_version_by_alias("seqops-forecast", "challenger").version) == "2"
     assert client.get_model_version("seqops-forecast", "2").tags["promotion.decision"] == "rejected"
+
+
+def test_a_champion_whose_holdout_was_drawn_otherwise_is_not_compared_on_this_one(store: Path) -> None:
+    """A text champion from before splits were keyed on the text (or drawn with another seed) may have trained
+    on today's holdout: re-scored there it looked far better than any new model and was never replaced."""
+    _promote(store, candidate=1.0, champion=math.nan)  # v1: no split recorded
+    decision, rescored = _promote_split(store, candidate=0.9, champion=0.1, split="by text hash (seed 13)")
+    assert decision.promoted and _champion(store) == "2" and rescored == []
+    assert "before splits were recorded" in decision.reason and "not compared" in decision.reason
+    tags = configure(store).get_model_version("seqops-forecast", "2").tags
+    assert tags["seqops.split"] == "by text hash (seed 13)"
+
+    decision, rescored = _promote_split(store, candidate=0.9, champion=0.1, split="by text hash (seed 13)")
+    assert not decision.promoted and rescored == ["models:/seqops-forecast@champion"]  # the same draw: compared
+    decision, _ = _promote_split(store, candidate=0.9, champion=0.1, split="by text hash (seed 14)")
+    assert decision.promoted and "drawn by text hash (seed 13), this one by text hash (seed 14)" in decision.reason
 
 
 def test_maximized_metrics_promote_in_their_own_direction() -> None:

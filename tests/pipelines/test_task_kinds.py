@@ -127,6 +127,9 @@ class ToyKind:
     def read_settings(self) -> dict[str, Any]:
         return {"columns": COLUMNS}
 
+    def holdout_split(self) -> None:
+        return None
+
     def validate(self, frame: pd.DataFrame, name: str) -> tuple[pd.DataFrame, dict[str, int]]:
         missing = [c for c in [*COLUMNS, "label"] if c not in frame.columns]
         if missing:
