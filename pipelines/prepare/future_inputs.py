@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
+from pandas.tseries.offsets import Tick
 
 from pipelines.prepare.calendar_features import calendar_features, feature_names
 
@@ -25,11 +26,14 @@ FUTURE_PREFIX = "future_"
 
 @dataclass(frozen=True)
 class FutureInputs:
-    """The task's calendar frequency, its known covariates and the calendar cycles its network reads."""
+    """The task's calendar frequency, its known covariates and the calendar cycles its network reads; `anchor`,
+    a timestamp of the training grid (ISO 8601), places a fixed-length frequency's slots ("h", "15min": an
+    hourly grid may run at :30, UTC from local half-hour offsets) where the frequency alone cannot."""
 
     freq: str
     known: tuple[str, ...] = ()
     cycles: tuple[str, ...] = ()
+    anchor: str | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -46,7 +50,16 @@ class FutureInputs:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "FutureInputs":
-        return cls(raw["freq"], tuple(raw.get("known", ())), tuple(raw.get("cycles", ())))
+        return cls(raw["freq"], tuple(raw.get("known", ())), tuple(raw.get("cycles", ())), raw.get("anchor"))
+
+    def on_grid(self, stamp: pd.Timestamp) -> bool:
+        """Whether `stamp` is a slot of the task's calendar. A fixed-length frequency's slots are whole steps
+        from the anchor (any stamp is one of pandas' own "h" slots, so without an anchor every stamp passes,
+        as it did for models logged before); a calendar frequency's ("MS", "W-SUN") are pandas' own."""
+        offset = to_offset(self.freq)
+        if isinstance(offset, Tick):
+            return self.anchor is None or (stamp - pd.Timestamp(self.anchor)).value % offset.nanos == 0
+        return self.history_stamps(stamp, 1)[-1] == stamp
 
     def _lead(self, stamps: pd.DatetimeIndex | None, known: dict[str, np.ndarray], rows: int) -> np.ndarray:
         """[rows, len(columns)]: row t holds the known values and calendar features of step t + 1

@@ -206,7 +206,7 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         stamp = to_utc_naive(pd.Series([value if isinstance(value, str) else None])).iloc[0]
         if pd.isna(stamp):
             raise bad_input(f"record {index}: field 'last_timestamp' must be an ISO 8601 timestamp string, got {value!r}")
-        if self.future.history_stamps(stamp, 1)[-1] != stamp:
+        if not self.future.on_grid(stamp):
             raise bad_input(f"record {index}: field 'last_timestamp' {value!r} is not on the model's calendar "
                        f"(frequency {self.future.freq!r})")
         return stamp

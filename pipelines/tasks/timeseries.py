@@ -181,17 +181,15 @@ class TimeSeriesKind:
         return pd.read_parquet(prepared / SERIES_FILE)
 
     def _check_learnable(self, train: list[np.ndarray]) -> None:
-        """Refuse a task whose every series repeats itself exactly each season over its training split
-        (constant, or perfectly periodic): last season's values forecast it without error, and MASE, the
-        gate's metric, divides by that error, so no model could be compared (it crashed evaluate)."""
-        season = self.spec.prepare.season
-        scales = [np.mean(np.abs(t[season:, 0] - t[:-season, 0])) for t in train if len(t) > season]
-        size = max((np.max(np.abs(t[:, 0])) for t in train if len(t)), default=0.0)
-        if scales and max(scales) <= 1e-9 * max(size, 1.0):
-            raise InvalidDataError(f"{self.spec.target!r}: every series repeats itself exactly every {season} "
-                                   f"steps (prepare.season) over its training split (constant, or perfectly "
-                                   f"periodic): last season's values forecast it without error and MASE, which "
-                                   f"divides by that error, cannot compare models; there is nothing to learn")
+        """Refuse a task whose every series is constant over its training split: there is nothing to learn,
+        and MASE, the gate's metric, divides by seasonal naive's error there, zero (it crashed evaluate)."""
+        spans = [float(np.ptp(t[:, 0])) for t in train if len(t)]
+        size = max((float(np.max(np.abs(t[:, 0]))) for t in train if len(t)), default=0.0)
+        if spans and max(spans) <= 1e-9 * max(size, 1.0):
+            raise InvalidDataError(f"{self.spec.target!r}: every series is constant over its training split "
+                                   f"({train[0][0, 0]:g} in the first): there is nothing to learn, and MASE, which "
+                                   f"divides by the error of repeating last season's values (here zero), cannot "
+                                   f"compare models")
 
     @staticmethod
     def transform_file(variant: Variant | None) -> str:
@@ -236,12 +234,17 @@ class TimeSeriesKind:
         from pipelines.serving.pyfunc import ForecastModel, log_pyfunc
 
         signature, example = self._contract(prepared)
-        return log_pyfunc(directory, ForecastModel(), network, {"model": config, **self._served_spec()},
+        return log_pyfunc(directory, ForecastModel(), network, {"model": config, **self._served_spec(prepared)},
                           {"transform": prepared / self.transform_file(variant)}, signature, example)
 
-    def _served_spec(self) -> dict[str, Any]:
-        """What every forecast pyfunc (network, baseline, ensemble) reads at load: limits and calendar."""
-        return {"serving": self.spec.serving.model_dump(), "calendar": self.future.as_dict()}
+    def _served_spec(self, prepared: Path) -> dict[str, Any]:
+        """What every forecast pyfunc (network, baseline, ensemble) reads at load: limits and calendar, the
+        calendar anchored on the prepared series' first timestamp (FutureInputs.on_grid)."""
+        import pyarrow.parquet as pq
+
+        first = pq.ParquetFile(prepared / SERIES_FILE).read_row_group(0, columns=["timestamp"]).column(0)[0].as_py()
+        anchor = pd.Timestamp(first).isoformat() if first is not None else None
+        return {"serving": self.spec.serving.model_dump(), "calendar": {**self.future.as_dict(), "anchor": anchor}}
 
     def _contract(self, prepared: Path) -> tuple[Any, pd.DataFrame]:
         """The forecast signature and input example every forecast pyfunc of this task is logged with."""
@@ -304,7 +307,11 @@ class TimeSeriesKind:
                 errors.append(forecast[:len(actual)] - actual)
         error = np.concatenate(errors)
         mae = float(np.mean(np.abs(error)))
-        return {"mae": mae, "rmse": float(np.sqrt(np.mean(error ** 2))), "mase": mae / float(np.mean(scales))}
+        # an exactly seasonal series has no seasonal-naive error to scale by: a floor keeps MASE finite
+        # (0 for an exact forecast, very large otherwise) instead of dividing by zero
+        size = max(float(np.max(np.abs(run.values[:run.n_train]))) for run in runs)
+        scale = max(float(np.mean(scales)), 1e-12 * max(size, 1.0))
+        return {"mae": mae, "rmse": float(np.sqrt(np.mean(error ** 2))), "mase": mae / scale}
 
     def interval_metrics(self, runs: list[SeriesForecasts]) -> dict[str, float]:
         """Coverage, mean width and Winkler score per level over every forecast step with an actual."""
@@ -353,7 +360,7 @@ class TimeSeriesKind:
         def logger(method: str) -> Callable[[Path], str]:
             def log(directory: Path) -> str:
                 signature, example = self._contract(prepared)
-                spec = {**self._served_spec(), "baseline": {"method": method, "season": self.spec.prepare.season}}
+                spec = {**self._served_spec(prepared), "baseline": {"method": method, "season": self.spec.prepare.season}}
                 return log_baseline_pyfunc(directory, StatisticalForecastModel(), spec,
                                            {"transform": str(prepared / TRANSFORM_FILE)}, signature, example)
             return log
@@ -372,7 +379,7 @@ class TimeSeriesKind:
         def log(directory: Path) -> str:
             signature, example = self._contract(prepared)
             artifacts = {f"{MEMBER_PREFIX}{i}": uri for i, uri in enumerate(members)}
-            return log_baseline_pyfunc(directory, EnsembleForecastModel(), self._served_spec(),
+            return log_baseline_pyfunc(directory, EnsembleForecastModel(), self._served_spec(prepared),
                                        {"transform": str(prepared / TRANSFORM_FILE), **artifacts}, signature, example)
         return log
 

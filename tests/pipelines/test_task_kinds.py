@@ -39,7 +39,7 @@ from pipelines.project import metrics_file, raw_path, train_record
 from pipelines.serving.pyfunc import log_pyfunc
 from pipelines.tasks import KINDS, Calibration, Scored, kind_for, shared_model_config
 from pipelines.tasks.text import TextKind
-from pipelines.tasks.timeseries import TimeSeriesKind
+from pipelines.tasks.timeseries import SeriesForecasts, TimeSeriesKind
 from pipelines.train.plots import forecast_figure
 from pipelines.train.stage import train_task
 from tests.conftest import TINY_FORECAST, TINY_SENTIMENT, git, make_project
@@ -300,12 +300,17 @@ def test_series_example_request_ends_the_prepared_series_with_its_covariates(tmp
 
 
 def test_a_series_with_nothing_to_learn_is_refused_before_evaluate_divides_by_zero(tmp_path: Path) -> None:
-    """Constant (or exactly seasonal) over training: seasonal naive is perfect and MASE divides by its error."""
+    """Constant over training: nothing to learn, and MASE divides by seasonal naive's error, zero."""
     spec = Params.model_validate({"tasks": {"flat": {**TINY_FORECAST, "source": "flat.csv"}}}).task("flat")
     kind = kind_for(spec)
     dates = pd.date_range("2020-01-05", periods=200, freq="W-SUN")
     raw, _ = kind.validate(pd.DataFrame({"date": dates, "co2": np.full(200, 5.0)}), "flat.csv")
-    with pytest.raises(InvalidDataError, match=r"'co2': every series repeats itself exactly every \d+ steps"):
+    with pytest.raises(InvalidDataError, match=r"'co2': every series is constant over its training split \(5 in"):
         kind.prepare(raw, tmp_path)
-    raw, _ = kind.validate(pd.DataFrame({"date": dates, "co2": 5.0 + np.arange(200) % 7}), "flat.csv")
-    kind.prepare(raw, tmp_path)  # a season the data does not repeat on exactly is learnable
+    raw, _ = kind.validate(pd.DataFrame({"date": dates, "co2": 5.0 + np.arange(200) % 52}), "flat.csv")
+    kind.prepare(raw, tmp_path)  # exactly seasonal is not constant: seasonal naive is exact, MASE stays finite
+    values = np.tile(np.arange(52.0), 4)  # [208]
+    run = SeriesForecasts(series_id="main", timestamps=pd.date_range("2020-01-05", periods=208, freq="W-SUN"),
+                          values=values, n_train=104, first=104, end=208, forecasts=[(104, values[104:104 + 26])])
+    metrics = kind.forecast_metrics([run])
+    assert metrics["mase"] == 0.0

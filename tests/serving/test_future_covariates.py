@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from models import ModelConfig, SequenceModel
 from pipelines.config import load_params
 from pipelines.data.ingest import ingest
+from pipelines.prepare.future_inputs import FutureInputs
 from pipelines.prepare.stage import prepare
 from pipelines.project import prepared_dir
 from pipelines.serving.requests import ModelInputs, to_frame
@@ -84,6 +85,27 @@ def test_calendar_features_need_the_last_timestamp(served) -> None:
     del row["last_timestamp"]
     with pytest.raises(MlflowException, match=r"missing inputs \['last_timestamp'\]"):
         model.predict(pd.DataFrame([row]), params={"horizon": HORIZON})
+
+
+def test_a_last_timestamp_between_the_hourly_slots_is_refused(served) -> None:
+    """Any timestamp is a slot of pandas' "h": the calendar is anchored on the training grid instead."""
+    model, frame = served
+    row = record(frame, [0.0] * HORIZON)
+    for off in ("2024-03-05T23:30:00", "2024-03-05T23:00:07"):
+        with pytest.raises(MlflowException, match=rf"last_timestamp' '{off}' is not on the model's calendar"):
+            model.predict(pd.DataFrame([{**row, "last_timestamp": off}]), params={"horizon": HORIZON})
+    answer = model.predict(pd.DataFrame([{**row, "last_timestamp": "2024-03-05T23:00:00+00:00"}]),
+                           params={"horizon": HORIZON})
+    assert answer["timestamps"].iloc[0][0] == "2024-03-06T00:00:00"
+
+
+def test_a_half_hour_grid_is_its_own_calendar() -> None:
+    """Hourly data from a +05:30 zone is at :30 in UTC: those are the slots, not :00."""
+    calendar = FutureInputs("h", anchor="2024-03-01T00:30:00")
+    assert calendar.on_grid(pd.Timestamp("2024-06-01T07:30:00"))
+    assert not calendar.on_grid(pd.Timestamp("2024-06-01T07:00:00"))
+    assert FutureInputs("MS").on_grid(pd.Timestamp("2024-06-01")) and not FutureInputs("MS").on_grid(
+        pd.Timestamp("2024-06-15"))
 
 
 def test_the_gateway_accepts_the_future_fields_the_signature_declares(served) -> None:
