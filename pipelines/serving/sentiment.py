@@ -73,7 +73,8 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
 
     def _texts(self, model_input: Any) -> list[str]:
         if not isinstance(model_input, pd.DataFrame) or "text" not in model_input.columns:
-            raise bad_input("each record needs a 'text' field (a non-empty string)")
+            first = "record 0: " if isinstance(model_input, pd.DataFrame) and len(model_input) else ""
+            raise bad_input(f"{first}field 'text' is required (a non-empty string): each record needs one")
         if model_input.empty:
             raise bad_input("no records to score")
         if len(model_input) > self.limits["max_records"]:

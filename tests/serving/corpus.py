@@ -136,7 +136,7 @@ def forecast_cases() -> list[Case]:
 def sentiment_cases() -> list[Case]:
     good = {"text": "what a lovely flight"}
     cases = [
-        Case("missing-text", _records({}), JSON, 400, "'text' field"),
+        Case("missing-text", _records({}), JSON, 400, "record 0: field 'text' is required"),
         Case("wrong-column-name", _records({"review": "great"}), JSON, 400, "unknown field 'review'"),
         Case("extra-column", _records({"text": "great", "label": "positive"}), JSON, 400, "unknown field 'label'"),
         Case("ragged-records", _records(good, {}), JSON, 400, "record 1: field 'text' is required"),
