@@ -69,15 +69,26 @@ def load_network(context: Any) -> tuple[SequenceModel, dict[str, Any]]:
 def registered_version(run_id: str | None) -> str | None:
     """The registry version built from this model's training run, so every response names it.
 
-    Looked up once at load time; None before registration (evaluation) or without a registry.
+    Looked up once at load time; None before registration (evaluation) or without a registry. A local
+    store that does not exist is no registry: asking it would create it, and a model loaded from a path in
+    Python with no tracking configured left a new mlflow.db (MLflow's default URI) in the working directory.
     """
-    if not run_id:
+    if not run_id or not _store_exists(mlflow.get_tracking_uri()):
         return None
     try:
         versions = mlflow.tracking.MlflowClient().search_model_versions(f"run_id='{run_id}'")
     except Exception:  # a scoring server without a reachable registry still serves; it cannot name its version
         return None
     return str(max(int(v.version) for v in versions)) if versions else None
+
+
+def _store_exists(uri: str) -> bool:
+    """False for a SQLite or file store whose file or folder is missing (MlflowClient would create it)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).exists()
+    if uri.startswith("file:") or "://" not in uri:
+        return Path(uri[len("file://"):] if uri.startswith("file://") else uri.removeprefix("file:")).exists()
+    return True
 
 
 @dataclass(frozen=True)
