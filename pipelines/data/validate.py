@@ -159,8 +159,9 @@ def _label(value: object) -> str | None:
 
 
 def _blank(value: object) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) or (
-        isinstance(value, str) and not value.strip())
+    """A cell `_as_text` reads as empty or whitespace: what a blank spreadsheet cell becomes."""
+    text = _as_text(value)
+    return text is not None and not text.strip()
 
 
 def _alike(labels: list[str]) -> list[list[str]]:
@@ -234,7 +235,8 @@ def validate_text(frame: pd.DataFrame, *, text: str, label: str, labels: list[st
     if not_text.any():
         raise InvalidDataError(f"{name}: column {text!r} {_rows(not_text, raw_text)}: not text")
 
-    empty = (texts.map(lambda s: " ".join(s.split())) == "").to_numpy()  # [N]: nothing to classify, whatever the label
+    keys = texts.map(lambda s: " ".join(s.split())).to_numpy(dtype=object)  # [N] whitespace collapsed
+    empty = keys == ""  # [N]: nothing to classify, whatever the label
     raw_label = frame[label].astype(object)
     label_values = raw_label.map(_label)
     missing = ~empty & raw_label.map(_blank).to_numpy(dtype=bool)
@@ -254,7 +256,7 @@ def validate_text(frame: pd.DataFrame, *, text: str, label: str, labels: list[st
                                f"them one label in the file, or declare `labels` to keep them apart")
 
     out = pd.DataFrame({"text": texts.to_numpy(dtype=object), "label": label_values.to_numpy(dtype=object)})
-    key = out["text"].map(lambda s: " ".join(s.split()))
+    key = pd.Series(keys, index=out.index)
     counts = {"dropped_empty": int(empty.sum()), "dropped_duplicates": 0, "dropped_conflicting": 0}
     out, key = out[~empty], key[~empty]
     if duplicates == "drop":
