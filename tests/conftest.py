@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -109,25 +110,41 @@ def mlflow_store(directory: Path) -> Iterator[str]:
 
 
 _DEFAULT_STORE = REPO / "mlflow.db"
-_opened_default_store: list[str] = []
+# Where any pytest worker records the stack that opened the default store: the check runs in each worker at its
+# own session end, and the worker that finds the file is often not the one that opened it.
+_OPENINGS = Path(tempfile.gettempdir()) / f"seqops-tests-default-store-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'solo')}.log"
+_checking_store = False
 
 
 def _note_default_store(event: str, args: tuple) -> None:
     """Audit hook: where the repository's default MLflow store (MLflow's URI when none is set) was opened."""
-    if event == "sqlite3.connect" and not _opened_default_store and args and isinstance(args[0], (str, Path)):
-        if Path(os.path.abspath(args[0])) == _DEFAULT_STORE:
-            _opened_default_store.append("".join(traceback.format_stack(limit=25)))
+    if event == "sqlite3.connect" and not _checking_store and args and isinstance(args[0], (str, Path)):
+        if Path(os.path.abspath(args[0])) == _DEFAULT_STORE and not _OPENINGS.exists():
+            _OPENINGS.write_text(f"pid {os.getpid()} ({os.environ.get('PYTEST_XDIST_WORKER', 'main')}), "
+                                 f"test {os.environ.get('PYTEST_CURRENT_TEST', '?')}:\n"
+                                 + "".join(traceback.format_stack(limit=25)))
 
 
 sys.addaudithook(_note_default_store)
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The run's record of who opened the default store goes with the run (the controller ends last)."""
+    if not hasattr(session.config, "workerinput"):
+        _OPENINGS.unlink(missing_ok=True)
+
+
 def _logged_anything(store: Path) -> bool:
     """Whether a SQLite MLflow store holds more than the Default experiment a bare client creates."""
-    with closing(sqlite3.connect(store)) as db:
-        counts = [db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608 (fixed names)
-                  for table in ("runs", "registered_models", "logged_models")]
-        experiments = db.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]
+    global _checking_store
+    _checking_store = True
+    try:
+        with closing(sqlite3.connect(store)) as db:
+            counts = [db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608 (fixed names)
+                      for table in ("runs", "registered_models", "logged_models")]
+            experiments = db.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]
+    finally:
+        _checking_store = False
     return any(counts) or experiments > 1
 
 
@@ -136,18 +153,21 @@ def nothing_written_to_the_repository() -> Iterator[None]:
     """Fail the session if a test left an MLflow store in the repository (a client without our URI).
 
     A bare store (the Default experiment only: a client opened MLflow's default URI and logged nothing) is
-    removed with a warning carrying the stack that opened it; one that holds a run, model or artifact fails.
+    removed with a warning carrying the stack that opened it, from whichever worker of this run it was; one
+    that holds a run, model or artifact fails.
     """
     strays = [REPO / "mlruns", _DEFAULT_STORE]
     existing = {path for path in strays if path.exists()}
     yield
     appeared = [path for path in strays if path.exists() and path not in existing]
+    opened = _OPENINGS.read_text() if _OPENINGS.exists() else "(not seen by any pytest worker: a subprocess?)"
     if appeared == [_DEFAULT_STORE] and not _logged_anything(_DEFAULT_STORE):
         _DEFAULT_STORE.unlink()
         warnings.warn(f"a test opened MLflow's default store {_DEFAULT_STORE} and logged nothing; removed. Opened "
-                      f"at:\n{_opened_default_store[0] if _opened_default_store else '(not seen)'}", stacklevel=1)
+                      f"by {opened}", stacklevel=1)
+        _OPENINGS.unlink(missing_ok=True)
         return
-    assert not appeared, f"a test wrote an MLflow store into the repository: {[str(p) for p in appeared]}"
+    assert not appeared, f"a test wrote an MLflow store into the repository: {[str(p) for p in appeared]}; {opened}"
 
 
 def use_project(root: Path, monkeypatch: pytest.MonkeyPatch, sources: dict[str, pd.DataFrame] | None = None) -> Path:
