@@ -127,6 +127,58 @@ def coverage_check(scores: dict[str, float], floor: float) -> tuple[bool, str]:
                    f"below the floor promote.coverage_floor = {floor:.0%}")
 
 
+def _required_inputs(model_uri: str) -> set[str]:
+    """The input columns a logged model's signature requires (empty without a signature)."""
+    signature = mlflow.models.get_model_info(model_uri).signature
+    if signature is None or signature.inputs is None:
+        return set()
+    return {spec.name for spec in signature.inputs.inputs if spec.name and getattr(spec, "required", True)}
+
+
+def _not_comparable(client: MlflowClient, name: str, current: str, split: str | None, candidate_uri: str) -> str | None:
+    """Why champion v`current` cannot be scored fairly on this retrain's holdout, or None when it can.
+
+    Two reasons: its holdout was drawn otherwise (another seed or fractions, or from before the split tag), so
+    it may have trained on this holdout and its score there would be inflated for good; or it reads an input
+    this retrain's data no longer has (a covariate removed or renamed), so it cannot be scored at all. Either
+    way a champion that cannot be compared would block every retrain; the candidate must still beat the
+    baseline.
+    """
+    champion_split = client.get_model_version(name, current).tags.get(SPLIT_TAG)
+    if split is not None and champion_split != split:
+        return (f"champion v{current}'s holdout was drawn {champion_split or 'before splits were recorded'}, "
+                f"this one {split}: it may have trained on this holdout")
+    missing = _required_inputs(f"models:/{name}@{CHAMPION}") - _required_inputs(candidate_uri)
+    if missing:
+        return (f"champion v{current} reads {', '.join(sorted(missing))}, which this retrain's data does not have: "
+                f"it cannot be scored on this holdout")
+    return None
+
+
+def _undecided_versions(client: MlflowClient, name: str, run_id: str) -> list[str]:
+    """Versions of `name` registered from `run_id` that the gate never decided on (a promote that crashed
+    after registering), newest first: the next promote of the same candidate decides on one of them rather
+    than registering the candidate again."""
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return [str(v.version) for v in sorted(versions, key=lambda v: -int(v.version)) if DECISION_TAG not in v.tags]
+
+
+def decided(root: Path, task: str) -> bool:
+    """Whether the gate has decided on the candidate evaluate chose last (a version of its run carries the
+    decision tag); False when a promote failed or was killed after evaluate, so the next run promotes again
+    even though no stage is stale."""
+    if not metrics_file(root, task).exists() or not train_record(root, task).exists():
+        return True
+    client = configure(root)
+    _, entry, _ = _candidate(json.loads(metrics_file(root, task).read_text()),
+                             json.loads(train_record(root, task).read_text()))
+    try:
+        versions = client.search_model_versions(f"name = '{registered_name(task)}' and run_id = '{entry['run_id']}'")
+    except MlflowException:
+        return False
+    return any(DECISION_TAG in v.tags for v in versions)
+
+
 def promote(root: Path, task: str, params: Params, rescore, split: str | None = None) -> Decision:
     """Register the retrain's chosen candidate (a variant, an ensemble, or the best baseline when no
     recurrent candidate beat it) and move `champion` if it earned it: it must beat the best baseline
@@ -136,7 +188,9 @@ def promote(root: Path, task: str, params: Params, rescore, split: str | None = 
     `split` says how this retrain drew its holdout (TaskKind.holdout_split; None where the kind does not
     track it). A champion whose splits were drawn otherwise (another seed or fractions, or from before the
     tag) may have trained on this holdout: its score there would be inflated for good, and it would never
-    be replaced, so it is not compared; the candidate must still beat the baseline.
+    be replaced, so it is not compared; nor is one that reads an input today's data lacks (`_not_comparable`).
+    The candidate must still beat the baseline. A version of the same candidate that a crashed promote
+    registered without a decision is decided on rather than registered again.
     """
     client = configure(root)
     name = registered_name(task)
@@ -146,20 +200,18 @@ def promote(root: Path, task: str, params: Params, rescore, split: str | None = 
     metric = params.promote.metric_for(params.task(task).kind)
     candidate_score = float(scores.get(metric.name, math.nan))
 
-    version = str(mlflow.register_model(entry["model_uri"], name).version)
+    undecided = _undecided_versions(client, name, entry["run_id"])
+    version = undecided[0] if undecided else str(mlflow.register_model(entry["model_uri"], name).version)
     current = champion_version(client, name)
-    champion_split = client.get_model_version(name, current).tags.get(SPLIT_TAG) if current is not None else None
-    comparable = current is None or split is None or champion_split == split
-    champion_score = rescore(f"models:/{name}@{CHAMPION}") if current is not None and comparable else None
+    not_compared = _not_comparable(client, name, current, split, entry["model_uri"]) if current is not None else None
+    champion_score = rescore(f"models:/{name}@{CHAMPION}") if current is not None and not not_compared else None
     promoted, reason = baseline_check(entry["type"], scores, metric.name, metric.goal)
     if promoted:
         promoted, reason = coverage_check(scores, params.promote.coverage_floor)
     if promoted:
         promoted, reason = decide(candidate_score, champion_score, params.promote.min_improvement, metric.goal)
-        if promoted and not comparable:
-            reason = (f"champion v{current}'s holdout was drawn {champion_split or 'before splits were recorded'}, "
-                      f"this one {split}: it may have trained on this holdout, so it is not compared; the candidate "
-                      f"beats the baseline")
+        if promoted and not_compared:
+            reason = f"{not_compared}, so it is not compared; the candidate beats the baseline"
 
     dv = data_version(root)
     tags = {

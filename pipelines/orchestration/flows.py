@@ -192,7 +192,8 @@ def _retrain_task(root: str, name: str, force: bool, data: dict[str, str]) -> di
         train_variants.with_options(task_runner=runner)(root, name)
     ran.append(stale)
     ran.append(retry(run_stage)(root, f"evaluate@{name}", force))
-    decision = retry(promote)(root, name) if any(ran) else None
+    # a promote that failed or was killed after evaluate committed leaves no stage stale: decided() sees it
+    decision = retry(promote)(root, name) if any(ran) or not registry.decided(Path(root), name) else None
     return {"data": data, "trained": any(ran), "decision": decision}
 
 

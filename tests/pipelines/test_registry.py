@@ -7,7 +7,9 @@ import math
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
+from mlflow.models import infer_signature
 from typer.testing import CliRunner
 
 from pipelines import registry
@@ -31,10 +33,13 @@ def store(project: Path) -> Path:
     return project
 
 
-def _candidate(root: Path, holdout_mae: float) -> None:
-    """A retrain's outputs as evaluate leaves them: one logged model and its holdout score."""
+def _candidate(root: Path, holdout_mae: float, inputs: tuple[str, ...] = ()) -> None:
+    """A retrain's outputs as evaluate leaves them: one logged model (its signature requiring `inputs`, if any)
+    and its holdout score."""
+    signature = infer_signature(pd.DataFrame({name: [1.0] for name in inputs})) if inputs else None
     with mlflow.start_run(experiment_id=ensure_experiment("forecast", root)) as run:
-        info = mlflow.pyfunc.log_model(name="model", python_model=_Constant(), pip_requirements=["mlflow"])
+        info = mlflow.pyfunc.log_model(name="model", python_model=_Constant(), pip_requirements=["mlflow"],
+                                       signature=signature)
     train_record(root, "forecast").parent.mkdir(parents=True, exist_ok=True)
     train_record(root, "forecast").write_text(json.dumps({"variants": [
         {"variant": "lstm", "run_id": run.info.run_id, "model_uri": info.model_uri, "val_loss": 0.1}]}))
@@ -107,6 +112,42 @@ def test_a_champion_whose_holdout_was_drawn_otherwise_is_not_compared_on_this_on
     assert not decision.promoted and rescored == ["models:/seqops-forecast@champion"]  # the same draw: compared
     decision, _ = _promote_split(store, candidate=0.9, champion=0.1, split="by text hash (seed 14)")
     assert decision.promoted and "drawn by text hash (seed 13), this one by text hash (seed 14)" in decision.reason
+
+
+def test_a_champion_reading_an_input_the_data_no_longer_has_is_not_compared(store: Path) -> None:
+    """A covariate removed from the task: re-scoring the champion failed on schema enforcement, so promote
+    crashed on every retrain and the task could never promote again."""
+    _candidate(store, 1.0, inputs=("history", "humidity"))
+    registry.promote(store, "forecast", load_params(store), rescore=lambda uri: math.nan)
+    _candidate(store, 0.9, inputs=("history",))
+    rescored: list[str] = []
+    decision = registry.promote(store, "forecast", load_params(store), rescore=lambda uri: rescored.append(uri) or 0.1)
+    assert decision.promoted and _champion(store) == "2" and rescored == []
+    assert "champion v1 reads humidity, which this retrain's data does not have" in decision.reason
+
+    _candidate(store, 0.9, inputs=("history", "humidity"))  # a candidate reading more than the champion: compared
+    decision = registry.promote(store, "forecast", load_params(store), rescore=lambda uri: rescored.append(uri) or 0.1)
+    assert not decision.promoted and rescored == ["models:/seqops-forecast@champion"]
+
+
+def test_a_promote_that_failed_after_registering_is_decided_by_the_next_run(store: Path) -> None:
+    """No stage is stale after a promote that crashed past `register_model`: `decided` tells the flow to promote
+    again, and that promote decides on the version already registered instead of registering a second."""
+    _candidate(store, 1.0)
+    assert not registry.decided(store, "forecast")
+
+    def crash(uri: str) -> float:
+        raise RuntimeError("killed")
+
+    _promote(store, candidate=1.0, champion=math.nan)  # v1, champion
+    _candidate(store, 0.8)
+    with pytest.raises(RuntimeError):
+        registry.promote(store, "forecast", load_params(store), rescore=crash)
+    assert not registry.decided(store, "forecast")
+    decision = registry.promote(store, "forecast", load_params(store), rescore=lambda uri: 1.0)
+    assert decision.promoted and decision.version == "2" and _champion(store) == "2"
+    assert registry.decided(store, "forecast")
+    assert sorted(str(v.version) for v in configure(store).search_model_versions("name = 'seqops-forecast'")) == ["1", "2"]
 
 
 def test_maximized_metrics_promote_in_their_own_direction() -> None:
