@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -157,6 +158,7 @@ def serve(
     from pipelines.train.tracking import configure, registered_name
 
     root = project_root()
+    _check_serve_overrides(task, type(load_params(root).task(task).serving).model_fields, overrides or ())
     params = load_params(root, overrides or ())
     params.task(task)
     name = registered_name(task)
@@ -169,6 +171,24 @@ def serve(
     typer.echo(f"serving {name} v{version} (champion) on http://{host}:{port}  "
                "(POST /invocations; GET /health /version /metrics)")
     run_gateway(config, host, port, workers or settings.workers, access_log)
+
+
+def _check_serve_overrides(task: str, task_keys: Iterable[str], overrides: tuple[str, ...] | list[str]) -> None:
+    """`seqops serve --set` reaches the server's settings (`serving.KEY`) only. A task's request limits
+    (`tasks.TASK.serving`: min_history, max_history, max_horizon, ...) are recorded in its model when it is
+    trained, so an override of them here would be accepted and do nothing: refused, saying where they live."""
+    from pipelines.config_runtime import Serving
+
+    task_keys = set(task_keys)
+    for assignment in overrides:
+        parts = assignment.split("=", 1)[0].strip().split(".")
+        if parts[0] == "serving" and not (len(parts) == 2 and parts[1] in task_keys - set(Serving.model_fields)):
+            continue
+        raise CommandError(
+            f"--set {assignment}: `seqops serve` overrides only the server's settings (serving.KEY: "
+            f"{', '.join(Serving.model_fields)}). A task's request limits (tasks.{task}.serving: "
+            f"{', '.join(sorted(task_keys))}) are recorded in its model when it is trained: change them in "
+            f"params.yaml and retrain (`seqops run --task {task}`)")
 
 
 @app.command()

@@ -450,6 +450,9 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
             node = node[int(part)]
         elif isinstance(node, dict) and isinstance(node.get(part), (dict, list)):
             node = node[part]
+        elif isinstance(node, dict) and part not in node and ((parts[0] == "tasks" and i >= 2)
+                                                              or (i == 0 and part in Params.model_fields)):
+            node = node.setdefault(part, {})  # a section params.yaml leaves at its defaults; validation names a wrong key
         else:
             raise ConfigError(f"override {dotted!r}: {'.'.join(parts[: i + 1])!r} is not a section of params.yaml")
     leaf = parts[-1]
@@ -481,4 +484,5 @@ def load_params(path: Path | str | None = None, overrides: list[str] | tuple[str
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, str(path))) from None
+        source = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
+        raise ConfigError(_format_error(e, source)) from None

@@ -58,6 +58,19 @@ def test_override_sets_a_nested_key() -> None:
 def test_override_of_unknown_section_names_it() -> None:
     with pytest.raises(ConfigError, match="'nope' is not a section"):
         load_params(REPO, overrides=["nope.x=1"])
+    with pytest.raises(ConfigError, match="'tasks.weather' is not a section"):
+        load_params(REPO, overrides=["tasks.weather.serving.max_history=1"])
+
+
+def test_override_of_a_section_left_at_its_defaults_creates_it_and_a_wrong_key_names_the_override(
+        tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"tasks": {"sensor": {"kind": "timeseries", "source": "sensor.csv", "target": "y"}}}))
+    params = load_params(tmp_path, overrides=["tasks.sensor.serving.max_history=20000"])
+    assert params.task("sensor").serving.max_history == 20000
+    with pytest.raises(ConfigError, match=r"params.yaml with --set tasks.sensor.serving.nope=1 is invalid:\n"
+                                          r"  tasks.sensor.serving.nope: Extra inputs"):
+        load_params(tmp_path, overrides=["tasks.sensor.serving.nope=1"])
 
 
 def test_unknown_task_lists_the_defined_ones() -> None:

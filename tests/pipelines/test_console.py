@@ -96,6 +96,19 @@ def test_a_seqops_error_is_one_line_and_exit_2(project: Path) -> None:
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("override", ["serving.max_history=20000", "tasks.forecast.serving.max_history=20000"])
+def test_serve_refuses_a_task_limit_override_saying_it_takes_a_retrain(project: Path, override: str) -> None:
+    """A task's request limits are recorded in its model when it is trained: `serve --set` of one would be
+    accepted and change nothing (or was blamed on params.yaml as an extra input)."""
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "forecast", "--set", override])
+
+    assert result.exit_code == 2, result.output
+    assert f"error: --set {override}: `seqops serve` overrides only the server's settings" in result.output
+    assert "tasks.forecast.serving: " in result.output and "retrain (`seqops run --task forecast`)" in result.output
+
+
 def test_an_unexpected_exception_is_named_a_bug_with_its_log_and_exit_1(project: Path) -> None:
     from pipelines.cli import _SeqopsGroup
 
