@@ -155,6 +155,7 @@ def serve(
     from pipelines.registry import champion_version
     from pipelines.serving.gateway import GatewayConfig
     from pipelines.serving.gateway import serve as run_gateway
+    from pipelines.serving.process import check_port_free
     from pipelines.train.tracking import configure, registered_name
 
     root = project_root()
@@ -167,6 +168,7 @@ def serve(
         raise CommandError(f"{name} has no champion yet: run `seqops run --task {task}` first")
     settings = params.serving
     host, port = host or settings.host, port or settings.port
+    check_port_free(host, port)
     config = GatewayConfig.from_params(task, name, tracking_uri(root), settings)
     typer.echo(f"serving {name} v{version} (champion) on http://{host}:{port}  "
                "(POST /invocations; GET /health /version /metrics)")
@@ -198,10 +200,12 @@ def ui(
 ) -> None:
     """Open the MLflow UI on the project's tracking store (blocks; Ctrl-C or SIGTERM stops it and all its processes)."""
     from pipelines.project import seqops_home, tracking_uri
+    from pipelines.serving.process import check_port_free
     from pipelines.train.tracking import mark_training_experiments
 
     root = project_root()
     uri = tracking_uri(root)
+    check_port_free(host, port)
     mark_training_experiments(root)
     typer.echo(f"MLflow UI for {uri} at http://{host}:{port}")
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
@@ -215,7 +219,7 @@ def ui(
         finally:
             server.stop()
     if code:
-        raise CommandError(f"mlflow ui exited with {code} (its output is above; is port {port} taken?)")
+        raise CommandError(f"mlflow ui exited with {code} (its output is above)")
 
 
 @app.command()

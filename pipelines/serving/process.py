@@ -7,6 +7,7 @@ PATH; the server runs under pipelines.processes' guard, in its own process group
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from pipelines.errors import SeqopsError
 from pipelines.processes import Guarded, stop_group
 from pipelines.project import seqops_home
 
-__all__ = ["ScoringServer", "ServerError", "answers", "free_port", "stop_group", "wait_until_answering"]
+__all__ = ["ScoringServer", "ServerError", "answers", "check_port_free", "free_port", "stop_group", "wait_until_answering"]
 
 
 class ServerError(SeqopsError):
@@ -32,6 +33,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """A ServerError naming `host:port` when a server cannot listen there (another one does, or the address is
+    not this machine's). Checked before starting: uvicorn reports a taken port only after "Application startup
+    complete", which reads as a successful start."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            hint = (" (another server listens there: choose another --port, or stop it)"
+                    if e.errno == errno.EADDRINUSE else "")
+            raise ServerError(f"cannot listen on {host}:{port}: {e.strerror}{hint}") from None
 
 
 def answers(url: str, timeout: float = 1.0) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,21 @@ def test_serve_refuses_a_task_limit_override_saying_it_takes_a_retrain(project: 
     assert result.exit_code == 2, result.output
     assert f"error: --set {override}: `seqops serve` overrides only the server's settings" in result.output
     assert "tasks.forecast.serving: " in result.output and "retrain (`seqops run --task forecast`)" in result.output
+
+
+def test_a_taken_port_is_one_error_before_anything_starts(project: Path) -> None:
+    """uvicorn (serve) and mlflow ui report a taken port only after printing a successful start."""
+    from pipelines.cli import app
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["ui", "--port", str(port)])
+
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"error: cannot listen on 127.0.0.1:{port}: Address already in use (another "
+                                     f"server listens there: choose another --port, or stop it)")
 
 
 def test_an_unexpected_exception_is_named_a_bug_with_its_log_and_exit_1(project: Path) -> None:
