@@ -17,6 +17,7 @@ from models.rules import (
     check_bidirectional,
     check_dropout,
     check_embedding_dropout,
+    check_memory_steps,
     check_pooling,
     check_target_index,
     check_tbptt,
@@ -46,6 +47,8 @@ class ModelConfig:
     - ``pooling``: a per-sequence topology's readout: "last" (the last valid state) or "concat"
       ([last; max; mean] over the valid steps).
     - ``embedding_dropout``: dropout on the token vectors (token-id inputs only).
+    - ``memory_steps``: chrono initialisation of the gates (lstm, gru) for dependencies up to that many
+      steps long (RecurrentCore.chrono_init); None keeps PyTorch's initialisation.
     - ``scheduler``: None, "step" (StepLR by ``scheduler_step_size`` epochs, ``scheduler_gamma``) or
       "cosine" (over the Trainer's max_epochs); stepped once per epoch.
     """
@@ -75,6 +78,7 @@ class ModelConfig:
     scheduler_gamma: float = 0.5
     pooling: str = "last"
     embedding_dropout: float = 0.0
+    memory_steps: int | None = None
 
     def __post_init__(self) -> None:
         self._choice("cell", CELLS)
@@ -89,6 +93,7 @@ class ModelConfig:
             if getattr(self, name) is not None:
                 self._positive_int(name)
         check_head(self.head, self.output_size)
+        check_memory_steps(self.cell, self.memory_steps)
         self._check_ranges()
         self._check_topology()
 

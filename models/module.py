@@ -74,6 +74,7 @@ class SequenceModel(pl.LightningModule):
             embedding_dim=config.embedding_dim,
             pooling=config.pooling,
             embedding_dropout=config.embedding_dropout,
+            memory_steps=config.memory_steps,
         )
         self.carried_state: dict[str, State | None] = {"train": None, "val": None}
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from models.rules import check_dropout
+from models.rules import check_dropout, check_memory_steps
 
 State = Tensor | tuple[Tensor, Tensor]
 """``h`` ([L*D, B, H]) for rnn and gru; ``(h, c)`` for lstm."""
@@ -59,6 +59,7 @@ class RecurrentCore(nn.Module):
         num_layers: int = 1,
         bidirectional: bool = False,
         dropout: float = 0.0,
+        memory_steps: int | None = None,
     ) -> None:
         super().__init__()
         if cell not in CELLS:
@@ -82,6 +83,9 @@ class RecurrentCore(nn.Module):
             batch_first=True,
             **kwargs,
         )
+        check_memory_steps(cell, memory_steps)
+        if memory_steps is not None:
+            self.chrono_init(memory_steps)
 
     @property
     def num_directions(self) -> int:
@@ -113,6 +117,31 @@ class RecurrentCore(nn.Module):
         if self.cell == "lstm":
             return h, torch.zeros_like(h)  # ([L*D, B, H], [L*D, B, H])
         return h
+
+    @torch.no_grad()
+    def chrono_init(self, memory_steps: int) -> None:
+        """Chrono initialisation (Tallec & Ollivier, "Can recurrent neural networks warp time?", ICLR 2018):
+        each unit's keep gate starts with a time constant drawn from [1, memory_steps - 1] on a log scale, so
+        some units start out keeping their cell for up to `memory_steps` steps and the gradient reaches that
+        far back. PyTorch's default biases (about zero) give keep gates near 0.5: every unit starts forgetting
+        half its cell a step, and a dependency longer than a few dozen steps is learnt only by luck.
+
+        lstm: forget-gate bias log(u), input-gate bias -log(u); gru: update-gate bias log(u) (z near 1 keeps
+        the previous state). u ~ U(1, memory_steps - 1) per unit, from torch's generator (seeded runs repeat);
+        the hidden-to-hidden biases of those gates start at zero so the input-side bias is the gate's bias."""
+        h = self.hidden_size
+        for name, bias in self.rnn.named_parameters():
+            if not name.startswith("bias_"):
+                continue
+            if name.startswith("bias_hh"):
+                bias[: 2 * h].zero_()  # lstm: i, f; gru: r, z
+                continue
+            keep = torch.log(torch.empty(h, device=bias.device).uniform_(1.0, memory_steps - 1.0))  # [H]
+            if self.cell == "lstm":
+                bias[h: 2 * h] = keep  # forget gate
+                bias[:h] = -keep  # input gate
+            else:
+                bias[h: 2 * h] = keep  # update gate z
 
     def recurrent_weights(self) -> dict[str, Tensor]:
         """Every hidden-to-hidden matrix (``weight_hh_l{k}[_reverse]``, [G*H, H]): the ones whose spectrum

@@ -15,6 +15,18 @@ if TYPE_CHECKING:
     from models.topologies.base import Topology
 
 
+def check_memory_steps(cell: str, memory_steps: int | None) -> None:
+    """`memory_steps` (chrono initialisation of the gates) needs a gated cell and at least 2 steps."""
+    if memory_steps is None:
+        return
+    if isinstance(memory_steps, bool) or not isinstance(memory_steps, int) or memory_steps < 2:
+        raise ValueError(f"memory_steps={memory_steps!r} must be an integer >= 2: the longest dependency, in steps, "
+                         "the gates start out able to keep")
+    if cell not in ("lstm", "gru"):
+        raise ValueError(f"memory_steps (chrono initialisation of the gates) needs a gated cell, lstm or gru; "
+                         f"got cell={cell!r}")
+
+
 def check_tbptt_window(k1: int | None, k2: int | None) -> None:
     """TBPTT(k1, k2): k2 needs k1, k1 >= 1 and k2 >= k1 (the loss sits on the newest k1 outputs and
     backpropagation must reach all of them)."""

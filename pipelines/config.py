@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 
-from models.rules import check_dropout, check_tbptt_window
+from models.rules import check_dropout, check_memory_steps, check_tbptt_window
 from pipelines.config_base import ConfigError, PositiveInt, _Strict
 from pipelines.config_runtime import Orchestration, Serving
 from pipelines.data.calendar import frequency_error
@@ -73,12 +73,16 @@ class Variant(_Strict):
     quantiles: Annotated[int, Field(ge=3, le=99)] | None = None
     # Forecasting only: prepare options of this variant's own, over the task's (VariantPrepare).
     prepare: VariantPrepare | None = None
+    # lstm, gru: chrono initialisation of the gates for dependencies up to this many steps (README "Long
+    # series"); None: PyTorch's initialisation, whose gates forget half the state a step.
+    memory_steps: Annotated[int, Field(ge=2)] | None = None
 
     @model_validator(mode="after")
     def _model_rules(self) -> "Variant":
         """The rules models/ enforces (models/rules.py), checked here so params.yaml fails on load."""
         check_tbptt_window(self.k1, self.k2)
         check_dropout(self.dropout, self.num_layers)
+        check_memory_steps(self.cell, self.memory_steps)
         return self
 
 

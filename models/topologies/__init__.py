@@ -65,6 +65,7 @@ def build_topology(
     embedding_dim: int | None = None,
     pooling: str = "last",
     embedding_dropout: float = 0.0,
+    memory_steps: int | None = None,
 ) -> Topology:
     """Build a topology with cores sized for it (one_to_many and the decoder read other widths than ``input_size``).
 
@@ -76,7 +77,7 @@ def build_topology(
     check_embedding_dropout(embedding_dropout, vocab_size)
 
     def core(width: int) -> RecurrentCore:
-        return RecurrentCore(cell, width, hidden_size, num_layers, bidirectional, dropout)
+        return RecurrentCore(cell, width, hidden_size, num_layers, bidirectional, dropout, memory_steps)
 
     embedding = None
     if vocab_size is not None:

@@ -180,6 +180,7 @@ def shared_model_config(variant: Variant, spec: TaskSpec, params: Params) -> dic
         "lr": variant.lr,
         "teacher_forcing": variant.teacher_forcing,
         "target_index": 0,
+        "memory_steps": variant.memory_steps,
     }
 
 

@@ -12,7 +12,8 @@ import torch
 from pydantic import ValidationError
 
 from models import ModelConfig
-from models.rules import check_dropout, check_tbptt_window
+from models.recurrent import RecurrentCore
+from models.rules import check_dropout, check_memory_steps, check_tbptt_window
 from models.topologies import TOPOLOGY_CLASSES, Topology
 from pipelines.config import Variant
 from tests.models.helpers import T, make_batch, make_model
@@ -67,6 +68,36 @@ def test_variant_and_model_config_refuse_dropout_with_one_layer_with_the_same_me
     with pytest.raises(ValidationError) as from_params:
         Variant(name="v", cell="gru", dropout=0.2)
     assert str(from_models.value) == expected and expected in str(from_params.value)
+
+
+def test_variant_and_model_config_refuse_memory_steps_without_gates_with_the_same_message():
+    expected = rule_message(check_memory_steps, "rnn", 1000)
+    with pytest.raises(ValueError) as from_models:
+        ModelConfig(cell="rnn", memory_steps=1000)
+    with pytest.raises(ValidationError) as from_params:
+        Variant(name="v", cell="rnn", memory_steps=1000)
+    assert str(from_models.value) == expected and expected in str(from_params.value) and "lstm or gru" in expected
+
+
+@pytest.mark.parametrize("cell,keep,opposite", [("lstm", slice(8, 16), slice(0, 8)), ("gru", slice(8, 16), None)])
+def test_chrono_initialisation_starts_the_keep_gates_within_memory_steps(cell, keep, opposite):
+    """Keep-gate biases log(u), u ~ U(1, T - 1): time constants 1 / (1 - sigmoid(b)) = u + 1 up to T."""
+    torch.manual_seed(0)
+    core = RecurrentCore(cell, 3, 8, num_layers=2, memory_steps=1000)
+    default = RecurrentCore(cell, 3, 8, num_layers=2)
+    for layer in (0, 1):
+        ih, hh = getattr(core.rnn, f"bias_ih_l{layer}"), getattr(core.rnn, f"bias_hh_l{layer}")
+        constants = 1 / (1 - torch.sigmoid(ih[keep]))  # [H]
+        assert bool(((constants >= 2 - 1e-4) & (constants <= 1000 + 1e-2)).all()) and constants.max() > 50
+        assert bool((hh[:16] == 0).all())
+        if opposite is not None:
+            assert torch.equal(ih[opposite], -ih[keep])
+        default_constants = 1 / (1 - torch.sigmoid(getattr(default.rnn, f"bias_ih_l{layer}")[keep]
+                                                   + getattr(default.rnn, f"bias_hh_l{layer}")[keep]))
+        assert default_constants.max() < 3.1  # PyTorch's biases, U(-1/sqrt(H), 1/sqrt(H)) twice: at most ~3 steps
+    torch.manual_seed(0)
+    again = RecurrentCore(cell, 3, 8, num_layers=2, memory_steps=1000)
+    assert all(torch.equal(a, b) for a, b in zip(core.state_dict().values(), again.state_dict().values()))
 
 
 def test_models_never_import_pipelines():
