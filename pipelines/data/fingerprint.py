@@ -111,7 +111,7 @@ def reingest_reason(root: Path, task: str, source: str, columns: dict[str, Any])
     `seqops data add`.
     """
     if not raw_path(root, task).is_file():
-        return "no raw data yet"
+        return "first ingest: no raw data yet"
     now, before = fingerprint(source, root, columns), read_record(root, task)
     if before is None:
         write_record(root, task, now)
