@@ -83,6 +83,7 @@ def validate_timeseries(frame: pd.DataFrame, *, timestamp: str, target: str, cov
 
 
 MAX_GAP_SHARE_FACTOR = 2  # a grid may be at most twice as long as the series' timestamps: at most half gaps
+IRREGULAR_SHARE = 0.9  # an inferred grid holding fewer of the timestamps than this: the file is not on a grid
 
 
 def regular_grid(group: pd.DataFrame, freq: str | None = None) -> pd.DataFrame:
@@ -99,12 +100,18 @@ def regular_grid(group: pd.DataFrame, freq: str | None = None) -> pd.DataFrame:
     declared = freq is not None
     freq = freq or infer_frequency(stamps)
     off = first_off_grid(stamps, freq)
+    grid = calendar_grid(stamps, freq)
+    if off is not None and not declared and stamps.isin(grid).mean() < IRREGULAR_SHARE:
+        raise InvalidDataError(
+            f"series {group['series_id'].iloc[0]!r}: its timestamps are irregular: no frequency holds them (the "
+            f"best, {freq!r}, holds {stamps.isin(grid).mean():.0%}; row {int(group.index[off]) + 1} is "
+            f"{stamps[off]}). seqops forecasts on a regular grid: resample the file to one first (for instance "
+            f"pandas' df.resample('h', on='timestamp').mean()), then set the task's `freq:` to it")
     if off is not None:
         raise InvalidDataError(
             f"series {group['series_id'].iloc[0]!r}: row {int(group.index[off]) + 1} ({stamps[off]}) is not on "
             f"the {'declared' if declared else 'inferred'} frequency {freq!r} of a grid starting at {stamps[0]}; "
             f"set the task's `freq:` to the pandas offset alias of the data, or fix that row")
-    grid = calendar_grid(stamps, freq)
     if len(grid) > MAX_GAP_SHARE_FACTOR * len(stamps):
         first = ", ".join(str(stamp) for stamp in stamps[:3])
         raise InvalidDataError(

@@ -37,6 +37,22 @@ def test_a_series_with_gaps_keeps_its_calendar_and_the_gaps_are_filled(freq: str
     assert np.allclose(filled["y"].to_numpy(), np.arange(60.0))
 
 
+@pytest.mark.parametrize("unit", ["s", "us", "ns"])
+def test_a_fixed_step_is_inferred_at_any_timestamp_resolution(unit: str) -> None:
+    """pandas 3 parses strings and datetimes to microseconds: the gap-tolerant step read the index's integers
+    as nanoseconds, so hourly stamps with a gap became a '3600ms' grid."""
+    stamps = pd.date_range("2001-01-01", periods=60, freq="h", unit=unit).delete([5, 6, 30])
+    assert infer_frequency(stamps) == "h"
+
+
+def test_irregular_timestamps_are_refused_as_irregular_saying_to_resample() -> None:
+    minutes = np.cumsum(np.random.default_rng(0).integers(50, 71, 200))
+    stamps = pd.Timestamp("2024-01-01") + pd.to_timedelta(minutes, unit="min")
+    with pytest.raises(InvalidDataError, match=r"its timestamps are irregular: no frequency holds them \(the best, "
+                                               r"'\d+min', holds \d+%; row 2 is .*resample the file"):
+        fill_gaps(series(stamps), ["y"], "interpolate")
+
+
 def test_monthly_data_is_not_refused_for_its_uneven_day_counts() -> None:
     stamps = pd.date_range("1990-01-01", periods=120, freq="MS")
     filled = fill_gaps(series(stamps), ["y"], "interpolate")
