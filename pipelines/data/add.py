@@ -85,7 +85,8 @@ def add_data(root: Path, task: str, file: Path, params: Params, mode: Mode = "ap
     else:
         existing = _current(root, task, spec, kind)
         rows_before = len(existing)
-        merged, dropped = kind.merge(existing, clean, name)
+        merged, repeats = kind.merge(existing, clean, name)  # drops what repeats across the old rows and the file's
+        dropped = {k: dropped.get(k, 0) + repeats.get(k, 0) for k in {*dropped, *repeats}}
 
     before = versioning.data_version(root).md5 if (root / versioning.DATA_DVC).is_file() else None
     record = record_path(root, task)

@@ -126,17 +126,18 @@ def test_appended_texts_follow_the_tasks_duplicate_policy(tmp_path: Path) -> Non
                   "label": ["positive", "negative", "positive"]}).to_csv(root / "seed.csv", index=False)
     root = versioned(make_project(root, {"reviews": TEXT_TASK}))
     file = tmp_path / "more.csv"
-    pd.DataFrame({"text": ["good  flight", "lost bag", "bad food"],
-                  "label": ["positive", "negative", "positive"]}).to_csv(file, index=False)
+    pd.DataFrame({"text": ["good  flight", "lost bag", "bad food", "lost bag", " "],
+                  "label": ["positive", "negative", "positive", "negative", "positive"]}).to_csv(file, index=False)
 
     added = add_data(root, "reviews", file, load_params(root))
 
     raw = pd.read_parquet(raw_path(root, "reviews"))
-    # "good  flight" repeats an existing text (dropped); "bad food" now carries two labels (all dropped)
+    # "good  flight" repeats an existing text (dropped); "bad food" now carries two labels (all dropped); the
+    # file's own repeat of "lost bag" and its blank text are dropped by validation, and counted with the rest
     assert raw.to_dict("records") == [{"text": "good flight", "label": "positive"},
                                       {"text": "lovely crew", "label": "positive"},
                                       {"text": "lost bag", "label": "negative"}]
-    assert added.dropped == {"dropped_duplicates": 1, "dropped_conflicting": 2}
+    assert added.dropped == {"dropped_duplicates": 2, "dropped_conflicting": 2, "dropped_empty": 1}
 
 
 def test_cli_rejects_a_bad_file_with_one_line_naming_the_row(forecast: Path, tmp_path: Path) -> None:
