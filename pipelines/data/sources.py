@@ -100,6 +100,8 @@ def read_table(path: Path, strings: bool = False) -> pd.DataFrame:
                     continue
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
+    except SourceError:
+        raise  # already names the file and the problem
     except pd.errors.ParserError as e:
         raise SourceError(f"{path}: cannot be read as csv: {e}{_separator_hint(path)}") from None
     except (ValueError, OSError) as e:

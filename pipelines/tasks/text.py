@@ -81,9 +81,10 @@ class TextKind:
     def merge(self, existing: pd.DataFrame, new: pd.DataFrame, name: str) -> tuple[pd.DataFrame, dict[str, int]]:
         """Existing rows, then the file's, with the task's duplicate policy applied to the whole: a
         repeat of an existing text is dropped like any other repeat."""
-        return validate_text(pd.concat([existing, new], ignore_index=True), text="text", label="label",
-                             labels=self.spec.labels, duplicates=self.spec.duplicates,
-                             name=f"{name} (appended)")
+        columns = {"text": self.spec.text, "label": self.spec.label}  # messages name the user's columns
+        return validate_text(pd.concat([existing, new], ignore_index=True).rename(columns=columns),
+                             text=self.spec.text, label=self.spec.label, labels=self.spec.labels,
+                             duplicates=self.spec.duplicates, name=f"{name} (appended)")
 
     def prepare(self, raw: pd.DataFrame, prepared: Path) -> None:
         """texts.parquet (every row with its split, `text_split`), the encoder fitted on the training texts

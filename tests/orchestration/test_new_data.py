@@ -140,6 +140,23 @@ def test_appended_texts_follow_the_tasks_duplicate_policy(tmp_path: Path) -> Non
     assert added.dropped == {"dropped_duplicates": 2, "dropped_conflicting": 2, "dropped_empty": 1}
 
 
+def test_an_appended_file_that_breaks_the_task_names_the_users_columns(tmp_path: Path) -> None:
+    """The merge re-validates the old rows with the file's under the raw table's own names ('text', 'label'):
+    a case-variant label across the two was reported in a column the user does not have."""
+    root = tmp_path / "project"
+    root.mkdir()
+    pd.DataFrame({"review": ["good flight", "bad food", "lovely crew"],
+                  "stars": ["good", "bad", "good"]}).to_csv(root / "seed.csv", index=False)
+    task = {"kind": "text", "source": "seed.csv", "text": "review", "label": "stars",
+            "variants": [{"name": "gru", "cell": "gru", "hidden_size": 8}]}
+    root = versioned(make_project(root, {"reviews": task}))
+    file = tmp_path / "more.csv"
+    pd.DataFrame({"review": ["lost bag"], "stars": ["Good"]}).to_csv(file, index=False)
+
+    with pytest.raises(InvalidDataError, match=r"column 'stars' has labels that differ only in case"):
+        add_data(root, "reviews", file, load_params(root))
+
+
 def test_cli_rejects_a_bad_file_with_one_line_naming_the_row(forecast: Path, tmp_path: Path) -> None:
     from pipelines.cli import app
 

@@ -167,8 +167,9 @@ def test_words_pandas_reads_as_missing_stay_text_in_a_text_table(tmp_path: Path)
 def test_a_csv_with_another_separator_is_refused_saying_so(tmp_path: Path, separator: str) -> None:
     path = tmp_path / "reviews.csv"
     path.write_text(f"text{separator}label\ngood, really{separator}positive\nbad{separator}negative\n")
-    with pytest.raises(SourceError, match=r"header line is separated by (semicolons|tabs).*save it with commas"):
+    with pytest.raises(SourceError, match=r"header line is separated by (semicolons|tabs).*save it with commas") as info:
         read_table(path)
+    assert str(info.value).count(str(path)) == 1  # named once, not "path: cannot be read as csv: path: ..."
 
 
 def test_builtin_tweets_read_offline_with_three_labels() -> None:
