@@ -20,12 +20,12 @@ from typer.core import TyperGroup
 
 from pipelines import console, project
 from pipelines.errors import SeqopsError
-from pipelines.processes import Guarded, exit_on_sigterm
+from pipelines.processes import Guarded, exit_on_sigterm, remember_interrupts
 from pipelines.project import project_root
 
 project.apply_environment(project_root())
 
-USER_ERROR, BUG = 2, 1  # exit codes
+USER_ERROR, BUG, INTERRUPTED = 2, 1, 130  # exit codes (130: 128 + SIGINT, as a shell reports Ctrl-C)
 
 
 class CommandError(SeqopsError):
@@ -44,6 +44,10 @@ class _SeqopsGroup(TyperGroup):
         except SeqopsError as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             raise typer.Exit(USER_ERROR) from None
+        except KeyboardInterrupt:
+            typer.secho("error: interrupted (Ctrl-C); stages that finished stay done, and the next run goes on from "
+                        "there", fg=typer.colors.RED, err=True)
+            raise typer.Exit(INTERRUPTED) from None
         except Exception as e:
             log = console.bug_log(e, ctx.invoked_subcommand or "seqops")
             what = str(e) if isinstance(e, console.StageBug) else f"unexpected {type(e).__name__}: {e}"
@@ -86,7 +90,7 @@ def run(
     from pipelines.summary import task_summary
 
     root = project_root()
-    with exit_on_sigterm(), console.Session(root, console.verbose_requested(verbose)) as session:
+    with exit_on_sigterm(), remember_interrupts(), console.Session(root, console.verbose_requested(verbose)) as session:
         from pipelines.orchestration.flows import retrain
         from pipelines.orchestration.schedule import run_api
 

@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -178,6 +179,41 @@ def exit_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_interrupted = threading.Event()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    _interrupted.set()
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def remember_interrupts() -> Iterator[None]:
+    """Ctrl-C (SIGINT) raises KeyboardInterrupt, as Python's own handler does, and is remembered until the
+    block ends: `raise_if_interrupted` then stops at the next stage boundary.
+
+    Why remembered: a KeyboardInterrupt raised while Python runs a weakref callback or a __del__ is printed as
+    "Exception ignored in ..." and dropped, so a Ctrl-C at the wrong instant between two stages was lost and the
+    run went on to promote. Main thread only (signal handlers live there).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _interrupted.clear()
+    previous = signal.signal(signal.SIGINT, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _interrupted.clear()
+
+
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt if Ctrl-C came during `remember_interrupts`, even if the first one was swallowed."""
+    if _interrupted.is_set():
+        raise KeyboardInterrupt
 
 
 # --- guarded children ---------------------------------------------------------------------------

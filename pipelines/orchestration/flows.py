@@ -26,6 +26,7 @@ from pipelines.config import load_params
 from pipelines.data import fingerprint, ingest, versioning
 from pipelines.orchestration import policy as orchestration
 from pipelines.orchestration import recovery
+from pipelines.processes import raise_if_interrupted
 from pipelines.project import project_root, seqops_home, tracking_uri
 from pipelines.tasks.settings import task_spec
 
@@ -184,14 +185,18 @@ def promote(root: str, task_name: str) -> dict[str, Any]:
 def _retrain_task(root: str, name: str, force: bool, data: dict[str, str]) -> dict[str, Any]:
     params = load_params(Path(root))
     retry = orchestration.retrying(params.orchestration)
+    raise_if_interrupted()  # before each stage and the promotion: a Ctrl-C stops the run there
     ran = [retry(run_stage)(root, f"prepare@{name}", force)]
+    raise_if_interrupted()
     stale = force or retry(stage_is_stale)(root, f"train@{name}")
     if stale:
         runner = orchestration.task_runner(params.orchestration.task_runner, len(task_spec(Path(root), name, params).variants),
                                            scratch=seqops_home(Path(root)) / "dask")
         train_variants.with_options(task_runner=runner)(root, name)
     ran.append(stale)
+    raise_if_interrupted()
     ran.append(retry(run_stage)(root, f"evaluate@{name}", force))
+    raise_if_interrupted()
     # a promote that failed or was killed after evaluate committed leaves no stage stale: decided() sees it
     decision = retry(promote)(root, name) if any(ran) or not registry.decided(Path(root), name) else None
     return {"data": data, "trained": any(ran), "decision": decision}

@@ -29,7 +29,14 @@ from pipelines.orchestration.recovery import (
     owner_tags,
     recover,
 )
-from pipelines.processes import Guarded, Holder, group_members, reap_orphans
+from pipelines.processes import (
+    Guarded,
+    Holder,
+    group_members,
+    raise_if_interrupted,
+    reap_orphans,
+    remember_interrupts,
+)
 from tests.conftest import TINY_FORECAST, git, make_project
 from tests.orchestration.conftest import BIN, free_port, port_open
 
@@ -225,6 +232,23 @@ def test_dvc_workspace_lock_of_a_killed_process_is_free(tmp_path: Path) -> None:
 
 
 # --- MLflow runs ----------------------------------------------------------------------------------
+
+class _SwallowsInterrupts:
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # the handler's KeyboardInterrupt is raised here, where Python drops it
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one, on purpose
+def test_a_ctrl_c_that_python_swallowed_still_stops_the_run_at_the_next_stage() -> None:
+    """A KeyboardInterrupt raised in a __del__ or weakref callback is printed and dropped: a Ctrl-C at that
+    instant between stages was lost, and the run promoted. It is remembered until the block ends."""
+    with remember_interrupts():
+        raise_if_interrupted()  # nothing yet
+        _SwallowsInterrupts()  # collected at once; its Ctrl-C is "Exception ignored in ..."
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()
+    raise_if_interrupted()  # forgotten with the block: the next run starts clean
+
 
 def test_runs_of_a_dead_process_are_marked_killed_with_the_reason(project: Path,
                                                                   processes: list[subprocess.Popen]) -> None:

@@ -125,6 +125,22 @@ def test_a_taken_port_is_one_error_before_anything_starts(project: Path) -> None
                                      f"server listens there: choose another --port, or stop it)")
 
 
+def test_ctrl_c_is_one_line_saying_so_and_exit_130(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during a run ended with a stage shown failed and no last line saying why."""
+    import pipelines.orchestration.flows as flows
+    from pipelines.cli import app
+
+    def interrupted(**_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flows, "retrain", interrupted)
+    result = CliRunner().invoke(app, ["run", "--no-serve-check"])
+
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines()[-1] == ("error: interrupted (Ctrl-C); stages that finished stay done, "
+                                                      "and the next run goes on from there")
+
+
 def test_an_unexpected_exception_is_named_a_bug_with_its_log_and_exit_1(project: Path) -> None:
     from pipelines.cli import _SeqopsGroup
 
