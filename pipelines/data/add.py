@@ -88,6 +88,7 @@ def add_data(root: Path, task: str, file: Path, params: Params, mode: Mode = "ap
         merged, repeats = kind.merge(existing, clean, name)  # drops what repeats across the old rows and the file's
         dropped = {k: dropped.get(k, 0) + repeats.get(k, 0) for k in {*dropped, *repeats}}
 
+    kind.check_preparable(merged, f"{task} with {file.name} {'added' if mode == 'append' else 'as its data'}")
     before = versioning.data_version(root).md5 if (root / versioning.DATA_DVC).is_file() else None
     record = record_path(root, task)
     previous_record = record.read_bytes() if record.is_file() else None

@@ -77,6 +77,11 @@ class TaskKind(Protocol):
         table and the dropped-row counts of the merge."""
         ...
 
+    def check_preparable(self, raw: pd.DataFrame, name: str) -> None:
+        """InvalidDataError when prepare would refuse this raw table (checked by `seqops data add` before it
+        writes, so an added file cannot break the next run)."""
+        ...
+
     def read_settings(self) -> dict[str, Any]:
         """The task's settings `validate` reads the source by (column names; text: declared labels and the
         duplicate policy): recorded with the source's fingerprint, so that changing one re-ingests the source

@@ -25,7 +25,7 @@ import pandas as pd
 from pipelines.config import Params, TextTask, Variant
 from pipelines.data.atomic import write_atomic
 from pipelines.data.validate import InvalidDataError, validate_text
-from pipelines.prepare.features import Vocabulary, text_split
+from pipelines.prepare.features import SPLITS, Vocabulary, text_split
 from pipelines.project import pretrained_dir
 from pipelines.tasks.base import Calibration, Scored, shared_model_config, write_counts
 from pipelines.tasks.defaults import text_epochs
@@ -86,6 +86,23 @@ class TextKind:
                              text=self.spec.text, label=self.spec.label, labels=self.spec.labels,
                              duplicates=self.spec.duplicates, name=f"{name} (appended)")
 
+    def check_preparable(self, raw: pd.DataFrame, name: str) -> None:
+        """What prepare refuses in a raw table: one label only, a declared label no text has, a label with fewer
+        texts than splits (each needs one in train, validation and holdout). `seqops data add` checks it too,
+        so a file that would break the next run is refused before anything is written."""
+        counts = raw["label"].astype(str).value_counts()
+        if len(counts) < 2:
+            raise InvalidDataError(f"{name}: every text has the label {counts.index.tolist()}: a classifier "
+                                   f"needs texts of at least two labels; add texts of the others")
+        if absent := [label for label in self.spec.labels or [] if label not in counts.index]:
+            raise InvalidDataError(f"{name}: labels {absent} are declared in `labels` but no text has them; "
+                                   f"a classifier cannot learn a label it never sees: add texts with them or take "
+                                   f"them out of `labels` (found: {counts.to_dict()})")
+        if (rare := counts[counts < len(SPLITS)]).any():
+            raise InvalidDataError(f"{name}: label counts {rare.to_dict()}: every label needs at least {len(SPLITS)} "
+                                   f"texts, one each for train, validation and holdout; add texts of the rare labels "
+                                   f"(or leave their rows out)")
+
     def prepare(self, raw: pd.DataFrame, prepared: Path) -> None:
         """texts.parquet (every row with its split, `text_split`), the encoder fitted on the training texts
         (tokenizer.json for subwords, vocabulary.json for words), splits.json."""
@@ -97,14 +114,7 @@ class TextKind:
             derived["labels"] = self._labels_of(raw)
         if "variants" not in given.model_fields_set:
             derived["variants"] = [v.name for v in given.variants]
-        counts = raw["label"].astype(str).value_counts()
-        if len(counts) < 2:
-            raise InvalidDataError(f"{prepared.name}: every text has the label {counts.index.tolist()}: a classifier "
-                                   f"needs texts of at least two labels; add texts of the others")
-        if absent := [label for label in self.labels if label not in counts.index]:
-            raise InvalidDataError(f"{prepared.name}: labels {absent} are declared in `labels` but no text has them; "
-                                   f"a classifier cannot learn a label it never sees: add texts with them or take "
-                                   f"them out of `labels` (found: {counts.to_dict()})")
+        self.check_preparable(raw, prepared.name)
         texts = raw.assign(split=text_split(raw["text"].tolist(), raw["label"].tolist(), settings.validation,
                                             settings.holdout, settings.seed))
         training = given.training

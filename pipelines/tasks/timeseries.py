@@ -109,6 +109,10 @@ class TimeSeriesKind:
                                     series_id=spec.series_id, name=name)
         return clean, {}
 
+    def check_preparable(self, raw: pd.DataFrame, name: str) -> None:
+        """Nothing checked before prepare: what is long enough follows from settings derived there, and prepare
+        names a series too short for them."""
+
     def merge(self, existing: pd.DataFrame, new: pd.DataFrame, name: str) -> tuple[pd.DataFrame, dict[str, int]]:
         """Existing rows, then the file's: every series only grows forward in time on its own grid."""
         spec = self.spec

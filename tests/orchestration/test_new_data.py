@@ -122,8 +122,9 @@ TEXT_TASK = {"kind": "text", "source": "seed.csv", "labels": ["negative", "posit
 def test_appended_texts_follow_the_tasks_duplicate_policy(tmp_path: Path) -> None:
     root = tmp_path / "project"
     root.mkdir()
-    pd.DataFrame({"text": ["good flight", "bad food", "lovely crew"],
-                  "label": ["positive", "negative", "positive"]}).to_csv(root / "seed.csv", index=False)
+    pd.DataFrame({"text": ["good flight", "bad food", "lovely crew", "rude staff", "late again", "nice view"],
+                  "label": ["positive", "negative", "positive", "negative", "negative", "positive"]}
+                 ).to_csv(root / "seed.csv", index=False)
     root = versioned(make_project(root, {"reviews": TEXT_TASK}))
     file = tmp_path / "more.csv"
     pd.DataFrame({"text": ["good  flight", "lost bag", "bad food", "lost bag", " "],
@@ -136,6 +137,9 @@ def test_appended_texts_follow_the_tasks_duplicate_policy(tmp_path: Path) -> Non
     # file's own repeat of "lost bag" and its blank text are dropped by validation, and counted with the rest
     assert raw.to_dict("records") == [{"text": "good flight", "label": "positive"},
                                       {"text": "lovely crew", "label": "positive"},
+                                      {"text": "rude staff", "label": "negative"},
+                                      {"text": "late again", "label": "negative"},
+                                      {"text": "nice view", "label": "positive"},
                                       {"text": "lost bag", "label": "negative"}]
     assert added.dropped == {"dropped_duplicates": 2, "dropped_conflicting": 2, "dropped_empty": 1}
 
@@ -155,6 +159,23 @@ def test_an_appended_file_that_breaks_the_task_names_the_users_columns(tmp_path:
 
     with pytest.raises(InvalidDataError, match=r"column 'stars' has labels that differ only in case"):
         add_data(root, "reviews", file, load_params(root))
+
+
+def test_an_added_label_too_rare_to_split_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """Accepted and committed, it failed the next run's prepare: every label needs a text in each split."""
+    root = tmp_path / "project"
+    root.mkdir()
+    pd.DataFrame({"text": [f"text {i}" for i in range(8)],
+                  "label": ["positive", "negative"] * 4}).to_csv(root / "seed.csv", index=False)
+    root = versioned(make_project(root, {"reviews": {**TEXT_TASK, "labels": None}}))
+    before = raw_path(root, "reviews").read_bytes()
+    file = tmp_path / "newlabel.csv"
+    pd.DataFrame({"text": ["a superb one"], "label": ["superb"]}).to_csv(file, index=False)
+
+    with pytest.raises(InvalidDataError, match=r"reviews with newlabel.csv added: label counts \{'superb': 1\}: "
+                                               r"every label needs at least 3 texts"):
+        add_data(root, "reviews", file, load_params(root))
+    assert raw_path(root, "reviews").read_bytes() == before
 
 
 def test_cli_rejects_a_bad_file_with_one_line_naming_the_row(forecast: Path, tmp_path: Path) -> None:

@@ -143,6 +143,10 @@ class ToyKind:
         repeated = merged.duplicated()
         return merged[~repeated].reset_index(drop=True), {"dropped_repeated": int(repeated.sum())}
 
+    def check_preparable(self, raw: pd.DataFrame, name: str) -> None:
+        if raw["label"].nunique() < 2:
+            raise InvalidDataError(f"{name}: one label only")
+
     def prepare(self, raw: pd.DataFrame, prepared: Path) -> None:
         split = np.array(["train", "train", "train", "validation", "holdout"])[np.arange(len(raw)) % 5]
         rows = raw.assign(split=split)
