@@ -148,6 +148,16 @@ def choose(variants: dict[str, dict[str, float]], baselines: dict[str, dict[str,
             "margin": {"metric": metric.name, "recurrent": ours, "baseline": theirs, "relative": gap}}
 
 
+FITTED_ON_VALIDATION = ("temperature", "validation_")
+
+
+def _logged_name(key: str) -> str:
+    """A scored metric's MLflow key: `holdout_` + key, except for what was fitted or measured on the validation
+    split (the temperature, validation ECE), which keeps its own name (a `baseline_` one too)."""
+    own = key.removeprefix("baseline_")
+    return key if own.startswith(FITTED_ON_VALIDATION) else f"holdout_{key}"
+
+
 def evaluate_task(root: Path, task: str, params: Params) -> Path:
     spec = task_spec(root, task, params)
     kind = kind_for(spec)
@@ -184,7 +194,7 @@ def evaluate_task(root: Path, task: str, params: Params) -> Path:
         selection, scored, calibration = scores[name]
         metrics = {**scored.metrics, **({} if entry["type"] == BASELINE else reference)}
         with mlflow.start_run(run_id=entry["run_id"]):
-            mlflow.log_metrics({**{f"holdout_{k}": v for k, v in {**scored.metrics, **reference}.items()},
+            mlflow.log_metrics({**{_logged_name(k): v for k, v in {**scored.metrics, **reference}.items()},
                                 cv_key: selection})
         kind.plot(entry["run_id"], f"{task}/{name} holdout", scored, baselines)
         kind.plot_calibration(entry["run_id"], f"{task}/{name} holdout", calibration)

@@ -55,3 +55,13 @@ def test_ece_is_the_count_weighted_gap_between_accuracy_and_confidence() -> None
 
     assert table.counts.sum() == 4 and table.counts[8] == 2 and table.counts[5] == 2
     assert expected_calibration_error(probabilities, labels, bins=10) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+
+
+def test_what_was_fitted_on_validation_is_not_logged_under_a_holdout_name() -> None:
+    """Runs logged `holdout_temperature` and `holdout_validation_ece`: validation figures under holdout names."""
+    from pipelines.evaluate.stage import _logged_name
+
+    assert [_logged_name(k) for k in ("ece", "temperature", "validation_ece", "baseline_validation_ece_uncalibrated",
+                                      "baseline_ece", "macro_f1")] == [
+        "holdout_ece", "temperature", "validation_ece", "baseline_validation_ece_uncalibrated", "holdout_baseline_ece",
+        "holdout_macro_f1"]
