@@ -90,10 +90,21 @@ def parse_levels(value: Any) -> list[float]:
     return sorted(set(levels))
 
 
+SCALE_CLIP_QUANTILE = 0.95
+
+
 def history_scale(history: np.ndarray) -> float:
-    """Mean absolute one-step change of a history [T]: the unit residuals are measured in (1 if flat).
-    The whole history: bench/intervals.py measured no gain from a recent window (the last 4 horizons)."""
+    """Mean absolute one-step change of a history [T], each change clipped at the changes' 95th percentile
+    (when that is above zero): the unit residuals are measured in (1 if flat). The whole history:
+    bench/intervals.py measured no gain from a recent window (the last 4 horizons).
+
+    Clipped because one glitch in a request's history (a 9999 among values near 50) made the plain mean a
+    hundred times larger and every interval as wide; calibration measures residuals in the same unit, so
+    the clipped scale keeps coverage where it was (bench/intervals.py)."""
     steps = np.abs(np.diff(np.asarray(history, dtype=np.float64)))  # [T - 1]
+    if len(steps) and np.isfinite(steps).all():
+        ceiling = float(np.quantile(steps, SCALE_CLIP_QUANTILE))
+        steps = np.minimum(steps, ceiling) if ceiling > 0 else steps
     scale = float(np.mean(steps)) if len(steps) else 0.0
     return scale if math.isfinite(scale) and scale > 0 else 1.0
 

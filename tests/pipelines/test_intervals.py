@@ -13,6 +13,7 @@ from pipelines.evaluate.intervals import (
     ConformalIntervals,
     LevelError,
     calibration_payload,
+    history_scale,
     interval_metrics,
     parse_levels,
     residual_rows,
@@ -70,6 +71,21 @@ def test_intervals_hold_the_forecast_widen_with_the_level_and_never_narrow_with_
         assert (np.diff(high - low) >= 0).all()  # past the 6 calibrated steps too
     width = {key: np.asarray(b["upper"]) - np.asarray(b["lower"]) for key, b in bands.items()}
     assert (width["50"] < width["80"]).all() and (width["80"] < width["95"]).all()
+
+
+def test_one_glitch_in_the_history_barely_widens_the_intervals() -> None:
+    """The scale was the plain mean absolute change: one 9999 among 200 values near 50 made the 80 % interval
+    [48.3, 51.2] become [-12.0, 110.5] while the forecast hardly moved."""
+    rng = np.random.default_rng(0)
+    clean = 50.0 + rng.normal(0.0, 0.5, 200)  # [T]
+    glitch = clean.copy()
+    glitch[100] = 9999.0
+    assert history_scale(glitch) < 1.3 * history_scale(clean)
+    assert history_scale(clean) == pytest.approx(np.mean(np.abs(np.diff(clean))), rel=0.1)
+    assert history_scale(np.full(50, 3.0)) == 1.0  # flat: the unit is 1
+    intermittent = np.zeros(200)  # [T]: spikes on fewer than 5 % of the steps keep their mean
+    intermittent[::50] = 10.0
+    assert history_scale(intermittent) == pytest.approx(np.mean(np.abs(np.diff(intermittent))))
 
 
 def test_too_few_residuals_for_a_level_give_the_widest_seen_rather_than_a_narrow_interval() -> None:
