@@ -99,9 +99,9 @@ class TextKind:
                                    f"a classifier cannot learn a label it never sees: add texts with them or take "
                                    f"them out of `labels` (found: {counts.to_dict()})")
         if (rare := counts[counts < len(SPLITS)]).any():
-            raise InvalidDataError(f"{name}: label counts {rare.to_dict()}: every label needs at least {len(SPLITS)} "
-                                   f"texts, one each for train, validation and holdout; add texts of the rare labels "
-                                   f"(or leave their rows out)")
+            raise InvalidDataError(f"{name}: label counts {dict(sorted(counts.items()))}: every label needs at least "
+                                   f"{len(SPLITS)} texts, one each for train, validation and holdout; add texts of the "
+                                   f"rare labels ({', '.join(sorted(rare.index))}) or leave their rows out")
 
     def prepare(self, raw: pd.DataFrame, prepared: Path) -> None:
         """texts.parquet (every row with its split, `text_split`), the encoder fitted on the training texts

@@ -172,8 +172,9 @@ def test_an_added_label_too_rare_to_split_is_refused_before_anything_is_written(
     file = tmp_path / "newlabel.csv"
     pd.DataFrame({"text": ["a superb one"], "label": ["superb"]}).to_csv(file, index=False)
 
-    with pytest.raises(InvalidDataError, match=r"reviews with newlabel.csv added: label counts \{'superb': 1\}: "
-                                               r"every label needs at least 3 texts"):
+    with pytest.raises(InvalidDataError, match=r"reviews with newlabel.csv added: label counts \{'negative': 4, "
+                                               r"'positive': 4, 'superb': 1\}: every label needs at least 3 texts.*"
+                                               r"rare labels \(superb\)"):
         add_data(root, "reviews", file, load_params(root))
     assert raw_path(root, "reviews").read_bytes() == before
 

@@ -128,12 +128,14 @@ def test_a_taken_port_is_one_error_before_anything_starts(project: Path) -> None
 def test_ctrl_c_is_one_line_saying_so_and_exit_130(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C during a run ended with a stage shown failed and no last line saying why."""
     import pipelines.orchestration.flows as flows
+    from pipelines import console
     from pipelines.cli import app
 
     def interrupted(**_: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(flows, "retrain", interrupted)
+    monkeypatch.setattr(console, "_last_log", None)  # the run's log is named by later errors of this process
     result = CliRunner().invoke(app, ["run", "--no-serve-check"])
 
     assert result.exit_code == 130, result.output
