@@ -46,6 +46,8 @@ SEEDS = tuple(range(int(os.environ.get("BENCH_SEEDS", "6"))))  # one-pass restar
 STRIDE = STEPS // 8  # window mode's derived stride
 HOLDOUT_MAX, WARM = 20_000, 50_000
 NF_LENGTH = 100_000
+NF_STEPS = (300, 900)  # neuralforecast's optimizer steps: the benchmark's run, and a longer one for the rate
+SPEED_PASSES, SPEED_REPEATS = (1, 5), 3  # stateful passes over the 10^5 series for the rate, each timed 3 times
 
 
 def series(n: int, seed: int = 0) -> np.ndarray:
@@ -92,7 +94,7 @@ def model_config(**fields):
                        head="regression", k1=K, k2=K, lr=LR, memory_steps=MEMORY, **fields)
 
 
-def train_child(mode: str, prepared: Path, weights: Path, seed: int) -> dict:
+def train_child(mode: str, prepared: Path, weights: Path, seed: int, epochs: int = 1) -> dict:
     """One pass in `mode` over `prepared`; returns its seconds and peak RSS (this process, imports included)."""
     pin_threads()
     import pytorch_lightning as pl
@@ -109,7 +111,7 @@ def train_child(mode: str, prepared: Path, weights: Path, seed: int) -> dict:
     dm.setup("fit")
     pl.seed_everything(seed, verbose=False)
     network = SequenceModel(model_config())
-    trainer = pl.Trainer(max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(max_epochs=epochs, limit_val_batches=0, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          accelerator="cpu", devices=1)
     trainer.fit(network, datamodule=dm)
@@ -187,9 +189,10 @@ def score_child(n: int, weights: Path, prepared: Path) -> dict:
             "dependency_mse_sign_known": float(((target - known) ** 2).mean())}
 
 
-def nf_child(prepared: Path) -> dict:
+def nf_child(prepared: Path, max_steps: int = NF_STEPS[0], score: bool = True) -> dict:
     """neuralforecast's LSTM (same hidden size, input window STEPS) on the series: steps read per second in
-    training and one-step MSE over the holdout (cross_validation, no refit), in network space."""
+    training (every window's STEPS + 1 steps count, re-read or not) and, with `score`, one-step MSE over the
+    holdout (cross_validation, no refit), in network space."""
     import logging
 
     import pandas as pd
@@ -202,7 +205,7 @@ def nf_child(prepared: Path) -> dict:
     n, holdout = NF_LENGTH, holdout_of(NF_LENGTH)
     y = (series(n) - meta["mean"][0]) / meta["std"][0]
     df = pd.DataFrame({"unique_id": "s", "ds": np.arange(n), "y": y})
-    max_steps, windows = 300, ROWS
+    windows = ROWS
     model = LSTM(h=1, input_size=STEPS, encoder_hidden_size=HIDDEN, decoder_hidden_size=HIDDEN, max_steps=max_steps,
                  batch_size=1, windows_batch_size=windows, learning_rate=0.005, scaler_type=None,
                  enable_progress_bar=False, logger=False, accelerator="cpu", devices=1, random_seed=0)
@@ -210,11 +213,41 @@ def nf_child(prepared: Path) -> dict:
     started = time.perf_counter()
     nf.fit(df.iloc[:n - holdout])
     seconds = time.perf_counter() - started
-    scored = min(holdout, 2_000)
-    cv = nf.cross_validation(df.iloc[:n - holdout + scored], n_windows=scored, step_size=1, h=1, refit=False)
-    return {"seconds": seconds, "timesteps_per_s": max_steps * windows * (STEPS + 1) / seconds,
-            "holdout_mse": float(((cv["LSTM"] - cv["y"]) ** 2).mean()), "scored_steps": scored,
-            "max_steps": max_steps}
+    result = {"seconds": seconds, "timesteps_per_s": max_steps * windows * (STEPS + 1) / seconds,
+              "max_steps": max_steps}
+    if score:
+        scored = min(holdout, 2_000)
+        cv = nf.cross_validation(df.iloc[:n - holdout + scored], n_windows=scored, step_size=1, h=1, refit=False)
+        result.update(holdout_mse=float(((cv["LSTM"] - cv["y"]) ** 2).mean()), scored_steps=scored)
+    return result
+
+
+def marginal_speed(prepared: Path, tmp: Path, nf_python: str) -> dict:
+    """Steps per second between two amounts of work, for stateful mode and neuralforecast alike, so that each
+    run's fixed costs (the trainer, the first batches' warm-up) cancel: a stateful pass over 10^5 steps lasts
+    about a quarter second, half of it such costs, against about 11 s for neuralforecast's 300 steps, so
+    whole-run rates at 10^5 compare fixed costs more than training. Stateful: SPEED_PASSES passes (seed 0),
+    each timed SPEED_REPEATS times, medians; neuralforecast: NF_STEPS optimizer steps."""
+    n_train = NF_LENGTH - holdout_of(NF_LENGTH) - validation_of(NF_LENGTH)
+    seconds = {}
+    for passes in SPEED_PASSES:
+        runs = [_child("train", "stateful", str(prepared), str(tmp / "speed.pt"), "0", str(passes))
+                for _ in range(SPEED_REPEATS)]
+        if any("error" in r for r in runs):
+            return {"error": next(r["error"] for r in runs if "error" in r)}
+        seconds[passes] = float(np.median([r["seconds"] for r in runs]))
+    low, high = SPEED_PASSES
+    result = {"stateful_seconds": {str(k): v for k, v in seconds.items()},
+              "stateful_timesteps_per_s": (high - low) * n_train / (seconds[high] - seconds[low])}
+    if Path(nf_python).exists():
+        nf = {steps: _child("nf", str(prepared), str(steps), "0", python=nf_python) for steps in NF_STEPS}
+        if all("seconds" in r for r in nf.values()):
+            low, high = NF_STEPS
+            result.update(neuralforecast_seconds={str(k): r["seconds"] for k, r in nf.items()},
+                          neuralforecast_timesteps_per_s=(high - low) * ROWS * (STEPS + 1)
+                          / (nf[high]["seconds"] - nf[low]["seconds"]))
+            result["ratio"] = result["stateful_timesteps_per_s"] / result["neuralforecast_timesteps_per_s"]
+    return result
 
 
 def _child(*args: str, python: str = sys.executable) -> dict:
@@ -277,6 +310,8 @@ def main() -> None:
                                                       if Path(nf_python).exists() else
                                                       {"skipped": f"no neuralforecast venv at {nf_python}"})
                 print("neuralforecast LSTM:", runs["neuralforecast_lstm_100000"], flush=True)
+                runs["speed_100000"] = marginal_speed(prepared, Path(tmp), nf_python)
+                print("speed between two amounts of work:", runs["speed_100000"], flush=True)
     print(table(rows, COLUMNS))
     s = {n: runs.get(f"stateful_{n}", {}) for n in LENGTHS}
     w = {n: runs.get(f"window_{n}", {}) for n in LENGTHS}
@@ -299,24 +334,28 @@ def main() -> None:
         "stateful_seeds_learnt": s[longest_both].get("seeds_learnt") if longest_both else None,
         "window_seeds_learnt": w[longest_both].get("seeds_learnt") if longest_both else None,
         "seeds": len(SEEDS),
-        "stateful_vs_neuralforecast_timesteps_per_s": (s[NF_LENGTH]["timesteps_per_s"] / nf["timesteps_per_s"]
-                                                       if "timesteps_per_s" in nf and "timesteps_per_s" in s[NF_LENGTH]
-                                                       else None),
+        # steps/s between two amounts of work at 10^5 (marginal_speed: fixed costs cancel), and whole-run rates
+        "stateful_vs_neuralforecast_timesteps_per_s": runs.get("speed_100000", {}).get("ratio"),
+        "stateful_vs_neuralforecast_timesteps_per_s_whole_runs": (
+            s[NF_LENGTH]["timesteps_per_s"] / nf["timesteps_per_s"]
+            if "timesteps_per_s" in nf and "timesteps_per_s" in s[NF_LENGTH] else None),
     }
     print(json.dumps(summary, indent=2))
     write_result("streaming", {"machine": machine(), "settings": {
         "hidden_size": HIDDEN, "steps_per_batch": STEPS, "rows": ROWS, "k1": K, "k2": K, "window_stride": STRIDE,
         "regime_steps": REGIME, "event_steps": EVENT, "holdout_max": HOLDOUT_MAX, "warm_steps": WARM,
         "lr": LR, "memory_steps": MEMORY, "seeds": list(SEEDS), "selection": "lowest validation MSE among the seeds",
+        "speed": {"stateful_passes": list(SPEED_PASSES), "repeats": SPEED_REPEATS, "neuralforecast_steps": list(NF_STEPS)},
         "epochs": 1, "threads": 1}, "runs": runs, "summary": summary})
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "train":
-        print(json.dumps(train_child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5]))))
+        print(json.dumps(train_child(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5]),
+                                     int(sys.argv[6]) if len(sys.argv) > 6 else 1)))
     elif len(sys.argv) > 1 and sys.argv[1] == "score":
         print(json.dumps(score_child(int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))))
     elif len(sys.argv) > 1 and sys.argv[1] == "nf":
-        print(json.dumps(nf_child(Path(sys.argv[2]))))
+        print(json.dumps(nf_child(Path(sys.argv[2]), *(int(a) for a in sys.argv[3:5]))))
     else:
         main()
