@@ -18,8 +18,11 @@ dependency in more than one seed of four to eight). A second child scores next-s
 validation steps and on the holdout, after warming the state over the WARM steps before each, the same for
 both modes. Whether one pass picks the dependency up still depends on the seed (about a third of seeds at
 10^7), so each mode trains SEEDS restarts and keeps the one of the lowest validation MSE, as a retrain
-chooses among variants that differ only in their seed; every seed's scores are in the results. neuralforecast's LSTM at the same hidden size runs on the 10^5 series in its own venv ($NF_PYTHON,
-default /tmp/nf/bin/python).
+chooses among variants that differ only in their seed; every seed's scores are in the results.
+
+neuralforecast's LSTM at the same hidden size runs on the 10^5 series in its own venv ($NF_PYTHON, default
+/tmp/nf/bin/python). The speed ratio is taken between two amounts of work for each (`marginal_speed`), so the
+fixed costs of a run cancel; whole-run rates are reported beside it.
 
 Run: OMP_NUM_THREADS=1 python -m bench.streaming  ->  bench/results/streaming.json
 """
