@@ -348,7 +348,8 @@ def main() -> None:
         "hidden_size": HIDDEN, "steps_per_batch": STEPS, "rows": ROWS, "k1": K, "k2": K, "window_stride": STRIDE,
         "regime_steps": REGIME, "event_steps": EVENT, "holdout_max": HOLDOUT_MAX, "warm_steps": WARM,
         "lr": LR, "memory_steps": MEMORY, "seeds": list(SEEDS), "selection": "lowest validation MSE among the seeds",
-        "speed": {"stateful_passes": list(SPEED_PASSES), "repeats": SPEED_REPEATS, "neuralforecast_steps": list(NF_STEPS)},
+        "speed": {"stateful_passes": list(SPEED_PASSES), "repeats": SPEED_REPEATS,
+                  "neuralforecast_steps": list(NF_STEPS)},
         "epochs": 1, "threads": 1}, "runs": runs, "summary": summary})
 
 
