@@ -186,9 +186,10 @@ def _check_serve_overrides(task: str, task_keys: Iterable[str], overrides: tuple
     from pipelines.config_runtime import Serving
 
     task_keys = set(task_keys)
+    task_only = task_keys - set(Serving.model_fields)  # keys a user may mean for the task under `serving.`
     for assignment in overrides:
         parts = assignment.split("=", 1)[0].strip().split(".")
-        if parts[0] == "serving" and not (len(parts) == 2 and parts[1] in task_keys - set(Serving.model_fields)):
+        if parts[0] == "serving" and not (len(parts) == 2 and parts[1] in task_only):
             continue
         raise CommandError(
             f"--set {assignment}: `seqops serve` overrides only the server's settings (serving.KEY: "

@@ -456,7 +456,8 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
             node = node[part]
         elif isinstance(node, dict) and part not in node and ((parts[0] == "tasks" and i >= 2)
                                                               or (i == 0 and part in Params.model_fields)):
-            node = node.setdefault(part, {})  # a section params.yaml leaves at its defaults; validation names a wrong key
+            # a section params.yaml leaves at its defaults; validation names a wrong key in it
+            node = node.setdefault(part, {})
         else:
             raise ConfigError(f"override {dotted!r}: {'.'.join(parts[: i + 1])!r} is not a section of params.yaml")
     leaf = parts[-1]

@@ -155,12 +155,17 @@ def _not_comparable(client: MlflowClient, name: str, current: str, split: str | 
     return None
 
 
+def _versions_of_run(client: MlflowClient, name: str, run_id: str) -> list:
+    """Every version of `name` registered from `run_id`, newest first."""
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return sorted(versions, key=lambda v: -int(v.version))
+
+
 def _undecided_versions(client: MlflowClient, name: str, run_id: str) -> list[str]:
     """Versions of `name` registered from `run_id` that the gate never decided on (a promote that crashed
     after registering), newest first: the next promote of the same candidate decides on one of them rather
     than registering the candidate again."""
-    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    return [str(v.version) for v in sorted(versions, key=lambda v: -int(v.version)) if DECISION_TAG not in v.tags]
+    return [str(v.version) for v in _versions_of_run(client, name, run_id) if DECISION_TAG not in v.tags]
 
 
 def decided(root: Path, task: str) -> bool:
@@ -173,7 +178,7 @@ def decided(root: Path, task: str) -> bool:
     _, entry, _ = _candidate(json.loads(metrics_file(root, task).read_text()),
                              json.loads(train_record(root, task).read_text()))
     try:
-        versions = client.search_model_versions(f"name = '{registered_name(task)}' and run_id = '{entry['run_id']}'")
+        versions = _versions_of_run(client, registered_name(task), entry["run_id"])
     except MlflowException:
         return False
     return any(DECISION_TAG in v.tags for v in versions)

@@ -112,7 +112,8 @@ def mlflow_store(directory: Path) -> Iterator[str]:
 _DEFAULT_STORE = REPO / "mlflow.db"
 # Where any pytest worker records the stack that opened the default store: the check runs in each worker at its
 # own session end, and the worker that finds the file is often not the one that opened it.
-_OPENINGS = Path(tempfile.gettempdir()) / f"seqops-tests-default-store-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'solo')}.log"
+_OPENINGS = (Path(tempfile.gettempdir())
+             / f"seqops-tests-default-store-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'solo')}.log")
 _checking_store = False
 
 

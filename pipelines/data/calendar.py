@@ -61,7 +61,8 @@ def _candidates(stamps: pd.DatetimeIndex) -> list[str]:
     """Calendar aliases anchored where this series starts, then the most common fixed step (calendar
     aliases win a tie: weekly data on Sundays is W-SUN, not 7D)."""
     month, weekday = MONTHS[stamps[0].month - 1], WEEKDAYS[stamps[0].weekday()]
-    step = pd.Timedelta(int(pd.Series(np.diff(stamps.as_unit("ns").asi8)).mode().iloc[0]), "ns")  # asi8 is in the index's unit
+    nanoseconds = stamps.as_unit("ns").asi8  # [T]: asi8 counts in the index's own unit (pandas 3: often us)
+    step = pd.Timedelta(int(pd.Series(np.diff(nanoseconds)).mode().iloc[0]), "ns")
     fixed = to_offset(f"{step.days}D" if step % pd.Timedelta(days=1) == pd.Timedelta(0) else step).freqstr
     return [f"YS-{month}", f"YE-{month}", f"QS-{month}", f"QE-{month}", "MS", "ME", f"W-{weekday}", "B", fixed]
 

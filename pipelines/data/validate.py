@@ -101,10 +101,11 @@ def regular_grid(group: pd.DataFrame, freq: str | None = None) -> pd.DataFrame:
     freq = freq or infer_frequency(stamps)
     off = first_off_grid(stamps, freq)
     grid = calendar_grid(stamps, freq)
-    if off is not None and not declared and stamps.isin(grid).mean() < IRREGULAR_SHARE:
+    share = stamps.isin(grid).mean() if off is not None else 1.0  # of the timestamps on the grid
+    if not declared and share < IRREGULAR_SHARE:
         raise InvalidDataError(
             f"series {group['series_id'].iloc[0]!r}: its timestamps are irregular: no frequency holds them (the "
-            f"best, {freq!r}, holds {stamps.isin(grid).mean():.0%}; row {int(group.index[off]) + 1} is "
+            f"best, {freq!r}, holds {share:.0%}; row {int(group.index[off]) + 1} is "
             f"{stamps[off]}). seqops forecasts on a regular grid: resample the file to one first (for instance "
             f"pandas' df.resample('h', on='timestamp').mean()), then set the task's `freq:` to it")
     if off is not None:

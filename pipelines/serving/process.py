@@ -22,7 +22,8 @@ from pipelines.errors import SeqopsError
 from pipelines.processes import Guarded, stop_group
 from pipelines.project import seqops_home
 
-__all__ = ["ScoringServer", "ServerError", "answers", "check_port_free", "free_port", "stop_group", "wait_until_answering"]
+__all__ = ["ScoringServer", "ServerError", "answers", "check_port_free", "free_port", "stop_group",
+           "wait_until_answering"]
 
 
 class ServerError(SeqopsError):
