@@ -354,6 +354,10 @@ def data_add(
     typer.echo(added.summary)
     for reason, count in added.dropped.items():
         typer.echo(f"  {reason.replace('_', ' ')}: {count} rows")
+    if added.derived_changes:
+        typer.echo("  the next prepare derives " + ", ".join(
+            f"{key} {after} (was {before})" for key, (before, after) in added.derived_changes.items())
+            + ": set them in params.yaml to keep them")
     if not added.changed:
         typer.echo("  the data is unchanged: nothing new to train on")
     elif added.commit:

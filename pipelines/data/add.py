@@ -45,6 +45,8 @@ class Added:
     changed: bool
     commit: str | None
     dropped: dict[str, int] = field(default_factory=dict)
+    # derived settings the data changed: key -> (before, after); the next prepare runs with `after`
+    derived_changes: dict[str, tuple[object, object]] = field(default_factory=dict)
 
     @property
     def summary(self) -> str:
@@ -80,15 +82,16 @@ def add_data(root: Path, task: str, file: Path, params: Params, mode: Mode = "ap
     clean, dropped = kind.validate(read_table(file, spec.kind == "text"), name)
     path = raw_path(root, task)
     previous = path.read_bytes() if path.is_file() else None
+    existing = _current(root, task, spec, kind) if mode == "append" or previous is not None else None
     if mode == "replace":
         merged, rows_before = clean, _rows(previous)
     else:
-        existing = _current(root, task, spec, kind)
         rows_before = len(existing)
         merged, repeats = kind.merge(existing, clean, name)  # drops what repeats across the old rows and the file's
         dropped = {k: dropped.get(k, 0) + repeats.get(k, 0) for k in {*dropped, *repeats}}
 
     kind.check_preparable(merged, f"{task} with {file.name} {'added' if mode == 'append' else 'as its data'}")
+    changes = _derived_changes(kind, existing, merged)
     before = versioning.data_version(root).md5 if (root / versioning.DATA_DVC).is_file() else None
     record = record_path(root, task)
     previous_record = record.read_bytes() if record.is_file() else None
@@ -113,7 +116,19 @@ def add_data(root: Path, task: str, file: Path, params: Params, mode: Mode = "ap
     commit = versioning.commit_data_version(root, commit_message(task, mode, file, len(clean), version.md5))
     return Added(task=task, mode=mode, rows_before=rows_before,
                  rows_in_file=len(clean), rows_after=len(merged), version=versioning.data_version(root),
-                 changed=version.md5 != before, commit=commit, dropped={k: v for k, v in dropped.items() if v})
+                 changed=version.md5 != before, commit=commit, dropped={k: v for k, v in dropped.items() if v},
+                 derived_changes=changes)
+
+
+def _derived_changes(kind: TaskKind, existing: pd.DataFrame | None, merged: pd.DataFrame) -> dict[str, tuple]:
+    """The settings prepare derives (`TaskKind.derived_settings`) that differ between the raw data before and
+    after: a forecast task's horizon and splits follow its shortest series, so one short new series moves
+    them for every series; a text task's epochs follow its size. `existing` None (replaced before any ingest):
+    nothing to compare."""
+    if existing is None:
+        return {}
+    before, after = kind.derived_settings(existing), kind.derived_settings(merged)
+    return {key: (before.get(key), value) for key, value in after.items() if before.get(key) != value}
 
 
 @contextmanager

@@ -82,6 +82,11 @@ class TaskKind(Protocol):
         writes, so an added file cannot break the next run)."""
         ...
 
+    def derived_settings(self, raw: pd.DataFrame) -> dict[str, Any]:
+        """The settings prepare would derive from this raw table (dotted keys, as prepare prints them):
+        `seqops data add` says which ones the added file changes, since no setting in params.yaml moved."""
+        ...
+
     def read_settings(self) -> dict[str, Any]:
         """The task's settings `validate` reads the source by (column names; text: declared labels and the
         duplicate policy): recorded with the source's fingerprint, so that changing one re-ingests the source

@@ -109,17 +109,12 @@ class TextKind:
         from pipelines.prepare.text import TOKENIZER_FILE, VOCABULARY_FILE, SubwordTokenizer
 
         given, settings = self.spec, self.spec.prepare
-        derived: dict[str, Any] = {}
-        if given.labels is None:
-            derived["labels"] = self._labels_of(raw)
-        if "variants" not in given.model_fields_set:
-            derived["variants"] = [v.name for v in given.variants]
         self.check_preparable(raw, prepared.name)
-        texts = raw.assign(split=text_split(raw["text"].tolist(), raw["label"].tolist(), settings.validation,
-                                            settings.holdout, settings.seed))
+        texts = self._split(raw)
+        derived = self._derived(texts)
+        self._labels_of(raw)
         training = given.training
         if training.max_epochs is None:
-            derived["training.max_epochs"] = text_epochs(int((texts["split"] == "train").sum()), training.batch_size)
             training = training.model_copy(update={"max_epochs": derived["training.max_epochs"]})
         self.spec = given.model_copy(update={"labels": self.labels, "training": training})
         write_settings(prepared, given, self.spec, derived)
@@ -135,6 +130,29 @@ class TextKind:
         write_atomic(texts, prepared / TEXTS_FILE)
         self._prepare_base(texts, prepared)
         write_counts(texts.groupby(["split", "label"]).size().unstack(fill_value=0), prepared / "splits.json")
+
+    def derived_settings(self, raw: pd.DataFrame) -> dict[str, Any]:
+        return self._derived(self._split(raw))
+
+    def _split(self, raw: pd.DataFrame) -> pd.DataFrame:
+        """`raw` with each text's split (`text_split`: a keyed hash, so a text keeps its split)."""
+        settings = self.spec.prepare
+        return raw.assign(split=text_split(raw["text"].tolist(), raw["label"].tolist(), settings.validation,
+                                           settings.holdout, settings.seed))
+
+    def _derived(self, texts: pd.DataFrame) -> dict[str, Any]:
+        """The settings the task leaves out, from its split texts: labels (sorted), the variants' names,
+        training.max_epochs (from the training split's size)."""
+        given = self.spec
+        derived: dict[str, Any] = {}
+        if given.labels is None:
+            derived["labels"] = sorted(texts["label"].astype(str).unique())
+        if "variants" not in given.model_fields_set:
+            derived["variants"] = [v.name for v in given.variants]
+        if given.training.max_epochs is None:
+            derived["training.max_epochs"] = text_epochs(int((texts["split"] == "train").sum()),
+                                                         given.training.batch_size)
+        return derived
 
     def _prepare_base(self, texts: pd.DataFrame, prepared: Path) -> None:
         """TF-IDF + logistic regression fitted on the training split and its log-probabilities of every text

@@ -110,8 +110,20 @@ class TimeSeriesKind:
         return clean, {}
 
     def check_preparable(self, raw: pd.DataFrame, name: str) -> None:
-        """Nothing checked before prepare: what is long enough follows from settings derived there, and prepare
-        names a series too short for them."""
+        """What prepare refuses, on settings derived from `raw` as prepare derives them: a series too short for
+        the holdout, validation and min_history (the shortest series bounds derived ones), or every series
+        constant over its training split."""
+        spec, _ = resolve(self.spec, raw)
+        probe = type(self)(spec)
+        try:
+            series = probe.split(fill_gaps(raw, probe.columns, spec.gap_fill, self.spec.freq))
+            probe._check_learnable([g.loc[g["split"] == "train", [spec.target]].to_numpy()
+                                    for _, g in series.groupby("series_id", sort=False)])
+        except InvalidDataError as e:
+            raise InvalidDataError(f"{name}: {e}") from None
+
+    def derived_settings(self, raw: pd.DataFrame) -> dict[str, Any]:
+        return resolve(self.spec, raw)[1]
 
     def merge(self, existing: pd.DataFrame, new: pd.DataFrame, name: str) -> tuple[pd.DataFrame, dict[str, int]]:
         """Existing rows, then the file's: every series only grows forward in time on its own grid."""

@@ -103,6 +103,20 @@ def test_replace_makes_the_file_the_tasks_data(forecast: Path, tmp_path: Path) -
     assert added.rows_before == 2284 and added.rows_after == 300 and added.commit
 
 
+def test_a_series_too_short_for_prepare_is_refused_before_anything_is_written(forecast: Path,
+                                                                              tmp_path: Path) -> None:
+    file = tmp_path / "short.csv"
+    pd.DataFrame({"date": pd.date_range("2020-01-04", periods=60, freq="7D").strftime("%Y-%m-%d"),
+                  "co2": [410.0 + 0.04 * i for i in range(60)]}).to_csv(file, index=False)
+    unchanged = state(forecast, "forecast")
+
+    with pytest.raises(InvalidDataError, match=r"forecast with short.csv as its data: series .* has 60 steps; "
+                                                r"prepare needs at least 157"):
+        add_data(forecast, "forecast", file, load_params(forecast), mode="replace")
+
+    assert state(forecast, "forecast") == unchanged
+
+
 def test_adding_the_same_data_again_is_no_new_version(forecast: Path, tmp_path: Path) -> None:
     file = tmp_path / "same.parquet"
     pd.read_parquet(raw_path(forecast, "forecast")).rename(
@@ -234,3 +248,28 @@ def test_dvc_remote_url_redirects_the_push_without_touching_the_committed_config
     assert versioning.default_remote(forecast) == (str(elsewhere), None)
     assert (forecast / ".dvc" / "config").read_text() == committed
     assert git(forecast, "status", "--porcelain", "--", ".dvc").strip() == ""
+
+
+def test_cli_says_which_derived_settings_a_short_new_series_changes(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forecast task's derived horizon and splits follow its shortest series: one short new series moves
+    them for every series, with nothing changed in params.yaml, so `data add` says so."""
+    from pipelines.cli import app
+
+    root = tmp_path / "project"
+    root.mkdir()
+    days = pd.date_range("2020-01-01", periods=400, freq="D").strftime("%Y-%m-%d")
+    pd.DataFrame({"date": [*days, *days], "store": ["a"] * 400 + ["b"] * 400,
+                  "sales": [10.0 + (i % 7) for i in range(800)]}).to_csv(root / "sales.csv", index=False)
+    task = {"kind": "timeseries", "source": "sales.csv", "timestamp": "date", "target": "sales", "series_id": "store"}
+    root = versioned(make_project(root, {"sales": task}))
+    monkeypatch.setenv("SEQOPS_ROOT", str(root))
+    file = tmp_path / "new-store.csv"
+    pd.DataFrame({"date": days[:100], "store": "c", "sales": [12.0 + (i % 7) for i in range(100)]}).to_csv(
+        file, index=False)
+
+    result = CliRunner().invoke(app, ["data", "add", "sales", str(file)])
+
+    assert result.exit_code == 0, result.output
+    assert ("the next prepare derives horizon 10 (was 14), evaluate.horizon 10 (was 14), prepare.holdout 20 (was 28), "
+            "prepare.validation 20 (was 28)") in result.output, result.output

@@ -147,6 +147,9 @@ class ToyKind:
         if raw["label"].nunique() < 2:
             raise InvalidDataError(f"{name}: one label only")
 
+    def derived_settings(self, raw: pd.DataFrame) -> dict[str, Any]:
+        return {}  # every setting of this kind is explicit
+
     def prepare(self, raw: pd.DataFrame, prepared: Path) -> None:
         split = np.array(["train", "train", "train", "validation", "holdout"])[np.arange(len(raw)) % 5]
         rows = raw.assign(split=split)
