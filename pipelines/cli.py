@@ -275,6 +275,9 @@ def lineage(
     typer.echo(f"run       {found.run_id}")
     typer.echo(f"data      md5 {found.data_md5} (data.dvc)")
     typer.echo(f"code      git {found.git_sha}   dvc.lock md5 {found.dvc_lock_md5}")
+    if found.uncommitted:
+        typer.echo(f"          with uncommitted changes to {', '.join(found.uncommitted)}: git {found.git_sha[:12]} "
+                   f"alone is not the code and params it trained with (params below are the run's own)")
     typer.echo("params")
     for key, value in found.params.items():
         typer.echo(f"  {key} = {value}")

@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import Params
-from pipelines.data.versioning import data_version
+from pipelines.data.versioning import data_version, uncommitted
 from pipelines.errors import SeqopsError
 from pipelines.evaluate.intervals import GATE_LEVEL, level_key
 from pipelines.project import metrics_file, params_path, train_record
@@ -32,6 +32,7 @@ from pipelines.train.tracking import configure, registered_name
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "seqops.champion_history"
 CANDIDATE_TYPE_TAG = "seqops.candidate_type"  # variant | ensemble | baseline
+UNCOMMITTED_TAG = "code.uncommitted"  # tracked files differing from data.git_sha at registration, ", "-joined
 SPLIT_TAG = "seqops.split"  # how the version's holdout was drawn (TaskKind.holdout_split), where the kind says
 
 
@@ -219,8 +220,13 @@ def promote(root: Path, task: str, params: Params, rescore, split: str | None = 
             reason = f"{not_compared}, so it is not compared; the candidate beats the baseline"
 
     dv = data_version(root)
+    dirty = uncommitted(root)
+    if dirty is not None:  # the run writes these two, and their md5 tags record them
+        dirty = [path for path in dirty if path not in ("data.dvc", "dvc.lock")]
     tags = {
-        **dv.as_tags(), "run_id": entry["run_id"], "variant": best, CANDIDATE_TYPE_TAG: entry["type"],
+        **dv.as_tags(), "run_id": entry["run_id"],
+        UNCOMMITTED_TAG: "unknown" if dirty is None else ", ".join(dirty),
+        "variant": best, CANDIDATE_TYPE_TAG: entry["type"],
         "dvc_lock.md5": _file_md5(root / "dvc.lock"), "params.md5": _file_md5(params_path(root)),
         DECISION_TAG: PROMOTED if promoted else "rejected", "promotion.reason": reason,
         "promotion.metric": f"{metric.name} ({metric.goal})", "promotion.candidate_score": repr(candidate_score),
@@ -266,6 +272,8 @@ class Lineage:
     params: dict[str, str]
     decision: str
     data_committed: bool
+    # tracked files that differed from git_sha when the model was registered; None: not recorded (older versions)
+    uncommitted: list[str] | None = None
 
     def restore_commands(self) -> list[str]:
         """How to get the exact training data back into a checkout."""
@@ -296,6 +304,8 @@ def lineage(root: Path, task: str, version: str | None = None) -> Lineage:
         params=dict(sorted(run.data.params.items())),
         decision=f"{tags.get('promotion.decision', 'unknown')}: {tags.get('promotion.reason', '')}",
         data_committed=committed_data_md5(root, sha) == data_md5,
+        uncommitted=None if tags.get(UNCOMMITTED_TAG, "unknown") == "unknown" else
+        [path for path in tags[UNCOMMITTED_TAG].split(", ") if path],
     )
 
 

@@ -71,6 +71,16 @@ def git_sha(root: Path) -> str:
     return result.stdout.strip() if result.returncode == 0 else "unversioned"
 
 
+def uncommitted(root: Path) -> list[str] | None:
+    """Tracked files that differ from HEAD (params.yaml edited and not committed, say): what `git_sha` alone
+    would misreport as the code a model was trained with. None outside a git checkout."""
+    result = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        return None
+    return sorted(line[3:] for line in result.stdout.splitlines() if line[3:])
+
+
 def track(root: Path, target: str = "data") -> DataVersion:
     """`dvc add data`: (re)hash the data folder into data.dvc; a no-op when nothing changed."""
     with _repo(root) as repo:

@@ -182,6 +182,21 @@ def test_lineage_traces_version_to_run_data_and_code(store: Path) -> None:
     assert f"md5: {version.md5}" in result.output and "dvc pull data.dvc" in result.output
 
 
+def test_lineage_says_when_tracked_files_were_uncommitted_at_registration(store: Path) -> None:
+    from pipelines.cli import app
+
+    _promote(store, candidate=1.0, champion=math.nan)
+    clean = CliRunner().invoke(app, ["lineage", "forecast"])
+    (store / "params.yaml").write_text((store / "params.yaml").read_text() + "\n# tuned by hand\n")
+    _promote(store, candidate=0.5, champion=1.0)
+    dirty = CliRunner().invoke(app, ["lineage", "forecast"])
+
+    assert clean.exit_code == dirty.exit_code == 0, clean.output + dirty.output
+    assert "uncommitted" not in clean.output
+    assert "seqops-forecast v2" in dirty.output
+    assert "with uncommitted changes to params.yaml: git " in dirty.output
+
+
 def test_lineage_of_a_missing_version_says_so(store: Path) -> None:
     from pipelines.cli import app
 
