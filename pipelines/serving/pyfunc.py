@@ -223,13 +223,18 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         return stamp
 
     def _horizon(self, params: dict[str, Any] | None) -> int:
-        horizon = (params or {}).get("horizon", self.limits["default_horizon"])
+        """`params.horizon` within 1..serving.max_horizon. An integer literal too large for a float (thousands of
+        digits) arrives as infinity (pipelines/serving/requests.py): out of range, not a non-integer."""
+        horizon, limit = (params or {}).get("horizon", self.limits["default_horizon"]), self.limits["max_horizon"]
+        if isinstance(horizon, float) and math.isinf(horizon):
+            side = "over the limit" if horizon > 0 else "below 1"
+            raise bad_input(f"params.horizon must be between 1 and {limit}, got a number {side}, too large to show")
         if isinstance(horizon, float) and horizon.is_integer():
             horizon = int(horizon)
         if not isinstance(horizon, (int, np.integer)) or isinstance(horizon, bool):
             raise bad_input(f"params.horizon must be an integer, got {horizon!r}")
-        if not 1 <= horizon <= self.limits["max_horizon"]:
-            raise bad_input(f"params.horizon must be between 1 and {self.limits['max_horizon']}, got {horizon}")
+        if not 1 <= horizon <= limit:
+            raise bad_input(f"params.horizon must be between 1 and {limit}, got {_shortened(int(horizon))}")
         return int(horizon)
 
     def _levels(self, params: dict[str, Any] | None) -> list[float]:
@@ -338,6 +343,14 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         return pd.DataFrame(self.predict_prepared([self.prepare(model_input, params)])[0])
+
+
+def _shortened(number: int, digits: int = 12) -> str:
+    """An integer as written, or its first and last digits and its length past `digits` digits: a message that
+    echoes a 300-digit horizon whole buries what it says."""
+    text = str(number)
+    length = len(text.lstrip("-"))
+    return text if length <= digits else f"{text[:4]}...{text[-3:]} ({length} digits)"
 
 
 def _series_id(value: Any, index: int) -> str:

@@ -43,6 +43,12 @@ def _history(raw: str) -> bytes:
     return ('{"dataframe_records": [{"history": [' + ", ".join([raw] + ["330.0"] * 59) + "]}]}").encode()
 
 
+def _horizon(raw: str) -> bytes:
+    """A forecast request whose horizon is the raw JSON text given (for integers of hundreds of digits)."""
+    return ('{"dataframe_records": [{"history": [' + ", ".join(["330.0"] * 60) + ']}], "params": {"horizon": '
+            + raw + "}}").encode()
+
+
 def envelope_cases(good: dict) -> list[Case]:
     """What is wrong with the request itself, whatever the model."""
     one = _json({"dataframe_records": [good]})
@@ -118,6 +124,10 @@ def forecast_cases() -> list[Case]:
         Case("horizon-negative", _records(good, params={"horizon": -3}), JSON, 400, "between 1 and 104, got -3"),
         Case("horizon-huge", _records(good, params={"horizon": 10**12}), JSON, 400, "between 1 and 104"),
         Case("horizon-beyond-int64", _records(good, params={"horizon": 10**30}), JSON, 400, "between 1 and 104"),
+        Case("horizon-300-digits", _horizon("9" * 300), JSON, 400, "between 1 and 104, got 1000...160 (301 digits)"),
+        Case("horizon-5000-digits", _horizon("9" * 5000), JSON, 400,
+             "params.horizon must be between 1 and 104, got a number over the limit, too large to show"),
+        Case("horizon-minus-5000-digits", _horizon("-" + "9" * 5000), JSON, 400, "got a number below 1"),
         Case("horizon-fraction", _records(good, params={"horizon": 2.5}), JSON, 400, "must be an integer"),
         Case("horizon-string", _records(good, params={"horizon": "12"}), JSON, 400, "must be an integer"),
         Case("horizon-boolean", _records(good, params={"horizon": True}), JSON, 400, "must be an integer"),
