@@ -212,6 +212,28 @@ def check_table(mime: str, body: bytes, inputs: ModelInputs) -> None:
     columns = table_columns(mime, body)
     if columns is not None:
         _check_fields(f"{mime} header", columns, inputs)
+    if mime == CSV and inputs.required:
+        _check_cells(body, inputs)
+
+
+def _check_cells(body: bytes, inputs: ModelInputs) -> None:
+    """An empty cell in a required column of a CSV body, refused here naming its line and column: pandas reads it as
+    missing and MLflow's app answered the model's refusal in its own shape, with the whole table's repr."""
+    try:
+        reader = csv.reader(io.StringIO(body.decode("utf-8"), newline=""))
+        header = next(reader, [])
+        required = [(i, name) for i, name in enumerate(header) if name in inputs.required]
+        record = 0
+        for row in reader:
+            if not row:  # a blank line, which pandas skips
+                continue
+            for i, name in required:
+                if i >= len(row) or not row[i]:
+                    raise InputError(f"{CSV} line {reader.line_num} (record {record}): column {name!r} is empty; "
+                                     "every record needs a value there")
+            record += 1
+    except (UnicodeDecodeError, csv.Error):  # not a table we can read: MLflow's parser answers
+        return
 
 
 def _jsonable(predictions: Any) -> Any:

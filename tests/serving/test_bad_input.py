@@ -57,3 +57,14 @@ def test_servers_are_healthy_after_the_corpus(servers, http, task: str, body: di
     assert len(response.json()["predictions"]) == len(body["dataframe_records"])
     metrics = http.get(f"{url}/metrics").text
     assert 'status="500"' not in metrics
+
+
+@pytest.mark.parametrize("body, where", [(b'text\ngreat\n""\nfine\n', "line 3 (record 1)"),
+                                         (b'text\r\ngreat\r\n\r\nfine\r\n""\r\n', "line 5 (record 2)")],
+                         ids=["quoted-empty-cell", "after-a-blank-line"])
+def test_a_csv_empty_cell_gets_our_error_shape_naming_its_line_and_column(sentiment_server, http, body: bytes,
+                                                                           where: str) -> None:
+    response = http.post(f"{sentiment_server.url}/invocations", content=body, headers={"Content-Type": "text/csv"})
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error_code": "BAD_REQUEST", "message": f"text/csv {where}: column 'text' is empty; "
+                                                                          "every record needs a value there"}
