@@ -45,7 +45,17 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pipelines.serving.batching import Batcher
 from pipelines.serving.loading import CHAMPION, GatewayConfig, GatewayError, Served, load_served
 from pipelines.serving.metrics import ROUTES, Metrics
-from pipelines.serving.requests import CSV, JSON, PARQUET, InputError, check_table, error_body, invoke, prepare
+from pipelines.serving.requests import (
+    CSV,
+    JSON,
+    PARQUET,
+    UNSUPPORTED_MEDIA_TYPE,
+    InputError,
+    check_table,
+    error_body,
+    invoke,
+    prepare,
+)
 from pipelines.signing import UnverifiedModel
 
 __all__ = ["Gateway", "GatewayConfig", "GatewayError", "Served", "create_app", "load_served", "serve"]
@@ -149,7 +159,8 @@ class Gateway:
         charset = next((o.split("=", 1)[1].strip().strip('"').lower() for o in options
                         if o.lower().startswith("charset=")), "utf-8")
         if charset not in ("utf-8", "utf8"):
-            await _respond(send, 415, error_body(f"charset {charset!r} is not supported: send UTF-8", "BAD_REQUEST"))
+            await _respond(send, 415, error_body(f"charset {charset!r} is not supported: send UTF-8",
+                                                 UNSUPPORTED_MEDIA_TYPE))
             return
         if mime == JSON:
             status, payload = await (self._score(served, body, deadline) if served.scorer is not None
@@ -165,7 +176,7 @@ class Gateway:
         else:
             message = (f"Content-Type {raw_type!r} is not supported: send {JSON} (the default when the header "
                        f"is absent), {CSV} or {PARQUET}")
-            await _respond(send, 415, error_body(message, "BAD_REQUEST"))
+            await _respond(send, 415, error_body(message, UNSUPPORTED_MEDIA_TYPE))
 
     async def _read_body(self, receive: Any, declared: bytes | None) -> bytes:
         """The body, which must arrive within serving.read_timeout_s (a client sending a byte a second is cut)."""

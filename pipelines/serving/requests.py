@@ -29,6 +29,7 @@ from pipelines.errors import SeqopsError
 FORMATS = ("dataframe_records", "dataframe_split", "instances", "inputs")
 FORMAT_LIST = ", ".join(FORMATS)
 JSON, CSV, PARQUET = "application/json", "text/csv", "application/vnd.apache.parquet"
+UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"  # the error_code of every 415: a body's type, not its content
 
 log = logging.getLogger("seqops.gateway")
 
@@ -208,7 +209,8 @@ def table_columns(mime: str, body: bytes) -> list[str] | None:
 def check_table(mime: str, body: bytes, inputs: ModelInputs) -> None:
     """The unknown-column rule for CSV and Parquet bodies, which MLflow's own parser then reads."""
     if mime == CSV and inputs.lists:
-        raise InputError(f"{CSV} cannot carry the list field(s) {', '.join(inputs.lists)}: send {JSON}", 415)
+        raise InputError(f"{CSV} cannot carry the list field(s) {', '.join(inputs.lists)}: send {JSON}", 415,
+                         UNSUPPORTED_MEDIA_TYPE)
     columns = table_columns(mime, body)
     if columns is not None:
         _check_fields(f"{mime} header", columns, inputs)
