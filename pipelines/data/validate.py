@@ -6,6 +6,8 @@ spreadsheet does below its header), because the person reading it has to go and 
 
 from __future__ import annotations
 
+import unicodedata
+
 import numpy as np
 import pandas as pd
 
@@ -166,6 +168,13 @@ def _label(value: object) -> str | None:
     return None
 
 
+def blank_text(text: str) -> bool:
+    """True for a text with nothing to read: empty, or only whitespace and invisible characters (zero-width space
+    U+200B, joiners, BOM, soft hyphen: Unicode format characters, Cf; controls, Cc). str.strip() keeps those. One
+    rule for ingest (such a row is dropped as empty) and serving (such a record is refused as empty)."""
+    return all(c.isspace() or unicodedata.category(c) in ("Cf", "Cc") for c in text)
+
+
 def _blank(value: object) -> bool:
     """A cell `_as_text` reads as empty or whitespace: what a blank spreadsheet cell becomes."""
     text = _as_text(value)
@@ -244,7 +253,7 @@ def validate_text(frame: pd.DataFrame, *, text: str, label: str, labels: list[st
         raise InvalidDataError(f"{name}: column {text!r} {_rows(not_text, raw_text)}: not text")
 
     keys = texts.map(lambda s: " ".join(s.split())).to_numpy(dtype=object)  # [N] whitespace collapsed
-    empty = keys == ""  # [N]: nothing to classify, whatever the label
+    empty = texts.map(blank_text).to_numpy(dtype=bool)  # [N]: nothing to classify, whatever the label
     raw_label = frame[label].astype(object)
     label_values = raw_label.map(_label)
     missing = ~empty & raw_label.map(_blank).to_numpy(dtype=bool)

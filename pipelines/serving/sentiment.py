@@ -10,7 +10,6 @@ input raises the same 400s as the forecast pyfunc.
 from __future__ import annotations
 
 import math
-import unicodedata
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,6 +21,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Map
 
+from pipelines.data.validate import blank_text
 from pipelines.evaluate.calibration import TEMPERATURE, apply_temperature
 from pipelines.evaluate.intervals import read_calibration
 from pipelines.prepare.text import load_encoder
@@ -86,7 +86,7 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
                 raise bad_input(f"record {index}: field 'text' is required (a non-empty string)")
             if not isinstance(text, str):
                 raise bad_input(f"record {index}: field 'text' must be a string, got {type(text).__name__}")
-            if _blank(text):
+            if blank_text(text):
                 raise bad_input(f"record {index}: field 'text' is empty")
             if len(text) > limit:
                 if self.limits["over_length"] == "reject":
@@ -121,13 +121,6 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
     def _probabilities(self, texts: list[str]) -> np.ndarray:
         """Label probabilities [B, C] of valid texts; the TF-IDF baseline (serving/baseline_pyfunc.py) has its own."""
         return text_probabilities(self.network, self.encoder, self.max_length, texts, self.base, self.base_order)
-
-
-def _blank(text: str) -> bool:
-    """True for a text with nothing to read: empty, or only whitespace and invisible characters (zero-width space
-    U+200B, joiners, BOM, soft hyphen: Unicode format characters, Cf; controls, Cc). strip() keeps those, and such
-    a text was scored like any other."""
-    return all(c.isspace() or unicodedata.category(c) in ("Cf", "Cc") for c in text)
 
 
 def text_probabilities(network: Any, encoder: Any, max_length: int, texts: list[str], base: Any = None,

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from models import ModelConfig, SequenceModel, encoder_weights, transfer_encoder
 from pipelines.config import Params, TextTask, Variant
+from pipelines.data.validate import blank_text
 from pipelines.data.sources import read_table
 from pipelines.data.versioning import data_version
 from pipelines.errors import SeqopsError
@@ -81,12 +82,12 @@ def unlabelled_texts(spec: TextTask, root: Path) -> list[str]:
     if not path.is_file():
         raise PretrainError(f"unlabelled: {path} does not exist; point the task's `unlabelled` at a text file")
     if path.suffix == ".txt":
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if not blank_text(line)]
     table = read_table(path, strings=True)
     if spec.text not in table.columns:
         raise PretrainError(f"unlabelled: {path} has no column {spec.text!r} (the task's `text`); "
                             f"it has {list(table.columns)}")
-    return [t for t in table[spec.text].dropna().astype(str) if t.strip()]
+    return [t for t in table[spec.text].dropna().astype(str) if not blank_text(t)]
 
 
 def stream_texts(texts: pd.DataFrame, extra: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:

@@ -106,6 +106,15 @@ def test_empty_whitespace_and_missing_text_are_dropped_and_counted() -> None:
     assert counts["dropped_empty"] == 4
 
 
+def test_texts_of_invisible_characters_only_are_dropped_as_empty() -> None:
+    """str.strip() keeps a zero-width space, a BOM or a joiner: such a text was kept and trained on as a word;
+    serving refuses the same texts as empty (one rule, `blank_text`)."""
+    frame = _frame(["keep me", "\u200b", " \ufeff\u200d ", "\u00ad", "ok\u200b"], ["positive"] * 4 + ["negative"])
+    clean, counts = _validate(frame)
+    assert clean["text"].tolist() == ["keep me", "ok\u200b"]
+    assert counts["dropped_empty"] == 3
+
+
 def test_duplicates_drop_keeps_the_first_after_whitespace_normalisation() -> None:
     frame = _frame(["good  day", "other", "good day ", "Good day"], ["positive", "neutral", "positive", "positive"])
     clean, counts = _validate(frame, duplicates="drop")
