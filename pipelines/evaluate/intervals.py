@@ -85,7 +85,9 @@ def parse_levels(value: Any) -> list[float]:
             raise LevelError(f"params.level must be a list of numbers between 0 and 100 (e.g. [80, 95]), "
                              f"got {item!r}")
         if not (math.isfinite(float(item)) and 0.0 < float(item) < 100.0):
-            raise LevelError(f"params.level values must be strictly between 0 and 100, got {item!r}")
+            # an integer literal too large for a float (thousands of digits) arrives as infinity
+            shown = "a number too large to show" if math.isinf(float(item)) else repr(item)
+            raise LevelError(f"params.level values must be strictly between 0 and 100, got {shown}")
         levels.append(float(item))
     return sorted(set(levels))
 

@@ -120,7 +120,8 @@ class Gateway:
                 await self._info(path, tracked, served)
             elif path in ROUTES:
                 allowed = "POST" if path == "/invocations" else "GET"
-                await _respond(tracked, 405, error_body(f"{method} {path} is not supported: use {allowed}"))
+                await _respond(tracked, 405, error_body(f"{method} {path} is not supported: use {allowed}",
+                                                        "METHOD_NOT_ALLOWED"))
             else:  # MLflow's other routes (/docs, /redoc, /openapi.json) are not part of this API
                 await _respond(tracked, 404, error_body(f"{path} is not a route of this server: it serves "
                                                         f"{', '.join(ROUTES)}", "ENDPOINT_NOT_FOUND"))

@@ -128,6 +128,8 @@ def forecast_cases() -> list[Case]:
         Case("horizon-5000-digits", _horizon("9" * 5000), JSON, 400,
              "params.horizon must be between 1 and 104, got a number over the limit, too large to show"),
         Case("horizon-minus-5000-digits", _horizon("-" + "9" * 5000), JSON, 400, "got a number below 1"),
+        Case("level-5000-digits", _horizon("12, \"level\": " + "9" * 5000), JSON, 400,
+             "params.level values must be strictly between 0 and 100, got a number too large to show"),
         Case("horizon-fraction", _records(good, params={"horizon": 2.5}), JSON, 400, "must be an integer"),
         Case("horizon-string", _records(good, params={"horizon": "12"}), JSON, 400, "must be an integer"),
         Case("horizon-boolean", _records(good, params={"horizon": True}), JSON, 400, "must be an integer"),

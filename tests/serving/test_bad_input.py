@@ -52,6 +52,7 @@ def test_bad_sentiment_request_gets_a_4xx_naming_the_problem(sentiment_server, h
 def test_wrong_method_gets_405(forecast_server, http) -> None:
     response = http.get(f"{forecast_server.url}/invocations")
     assert response.status_code == 405 and "use POST" in response.json()["message"]
+    assert response.json()["error_code"] == "METHOD_NOT_ALLOWED"
 
 
 @pytest.mark.parametrize("task, body", [("forecast", GOOD_FORECAST), ("sentiment", GOOD_SENTIMENT)])
