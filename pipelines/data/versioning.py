@@ -8,6 +8,7 @@ then `dvc checkout` or `dvc pull`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import threading
@@ -23,6 +24,7 @@ from pipelines.errors import SeqopsError
 DATA_DVC = "data.dvc"
 # DVC holds a repo-wide lock; two operations at once in one workspace fail. Serialise ours.
 _DVC_LOCK = threading.RLock()
+DVC_LOGGERS = ("dvc", "dvc_objects", "dvc_data")  # the ones dvc.logger.setup() gives handlers
 
 @dataclass(frozen=True)
 class DataVersion:
@@ -47,20 +49,31 @@ def _explain(error: BaseException) -> str:
     return ": ".join(p for p in parts if p)
 
 
+def _one_copy_of_dvc_logs() -> None:
+    """DVC's loggers print through DVC's own stdout handlers (added when dvc is imported) and also
+    propagate to the root logger, where a flow run's Prefect console handler printed each line again."""
+    for name in DVC_LOGGERS:
+        logging.getLogger(name).propagate = False
+
+
 @contextmanager
 def _repo(root: Path) -> Iterator[Any]:
     """An open DVC repo, entered under the module lock with the process in its root.
 
     DVC resolves stage names and paths against the process's cwd in places its API does not
     expose, so operations run from inside the repo; the lock keeps that chdir from racing.
+    Its git hints ("To track the changes with git, run: ...") are off, as `dvc -q` turns them off:
+    seqops commits data.dvc itself (`seqops data add`), and a scheduled run printed them every night.
     """
     from dvc.repo import Repo
 
+    _one_copy_of_dvc_logs()
     with _DVC_LOCK, contextlib.chdir(root):
         try:
             repo = Repo(str(root))
         except Exception as e:  # dvc raises NotDvcRepoError, SCMError, ... with useful text
             raise VersioningError(f"{root} is not a usable DVC repository: {e}") from None
+        repo.scm_context.quiet = True
         with repo:
             yield repo
 
