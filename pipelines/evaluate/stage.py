@@ -49,6 +49,7 @@ from pipelines.tasks.settings import task_spec
 from pipelines.train.tracking import child_run, configure
 
 VARIANT, ENSEMBLE, BASELINE = "variant", "ensemble", "baseline"
+CHOSEN_TAG = "seqops.chosen"  # on the parent run: the candidate this retrain chose
 
 
 def load_prepared(root: Path, task: str, spec: TaskSpec) -> pd.DataFrame:
@@ -158,6 +159,18 @@ def _logged_name(key: str) -> str:
     return key if own.startswith(FITTED_ON_VALIDATION) else f"holdout_{key}"
 
 
+def _log_outcome(parent_run_id: str, choice: dict[str, Any], rows: dict[str, dict[str, float]],
+                 metric: Metric) -> None:
+    """The retrain's outcome on its parent run, under the keys its children use (`holdout_<metric>` of the
+    chosen candidate, `holdout_baseline_<metric>` of the best baseline, tag seqops.chosen): MLflow's runs list
+    shows the parents, which otherwise carried no metric at all."""
+    baseline = rows[choice["best_baseline"]][metric.name]
+    with mlflow.start_run(run_id=parent_run_id):
+        mlflow.log_metrics({_logged_name(metric.name): rows[choice["chosen"]][metric.name],
+                            _logged_name(f"baseline_{metric.name}"): baseline})
+        mlflow.set_tag(CHOSEN_TAG, choice["chosen"])
+
+
 def evaluate_task(root: Path, task: str, params: Params) -> Path:
     spec = task_spec(root, task, params)
     kind = kind_for(spec)
@@ -202,6 +215,7 @@ def evaluate_task(root: Path, task: str, params: Params) -> Path:
         (baseline_results if entry["type"] == BASELINE else variants)[name] = row
     choice = choose(variants, baseline_results, metric, params.promote.coverage_floor)
     choice["chosen_type"] = choice["chosen_type"] or models[choice["chosen"]]["type"]
+    _log_outcome(record["parent_run_id"], choice, {**variants, **baseline_results}, metric)
     print(f"evaluate@{task}: {choice['verdict']}", flush=True)
     out = metrics_file(root, task)
     out.parent.mkdir(parents=True, exist_ok=True)

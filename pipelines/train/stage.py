@@ -155,7 +155,6 @@ def train_variant(root: Path, task: str, params: Params, variant: Variant, kind:
         val_loss = best.best_loss if best.best_state is not None else float(trainer.callback_metrics["val_loss"])
         mlflow.log_metrics({"best_epoch": best.best_epoch, "best_val_loss": val_loss,
                             "epochs_trained": trainer.current_epoch})
-        mlflow.log_metric("clipped_fraction", health.clipped_fraction)
         log_loss_curves(run_id)
         log_gradient_health(run_id, health.history, config["clip_value"] if config["clip_algorithm"] == "norm" else None)
         model_uri = kind.log_model(prepared, workdir / variant.name, network.cpu(), config, variant)

@@ -3,6 +3,7 @@ store and registry, and a real `mlflow models serve` process answering HTTP."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -77,6 +78,19 @@ def test_mlflow_run_records_params_epoch_losses_holdout_metrics_and_plots(traine
     assert {"plots/forecast_vs_actual.png", "plots/loss_curves.png"} <= artifacts
     assert child.data.tags["data.md5"] == parents[0].data.tags["data.md5"]
     assert child.inputs.dataset_inputs[0].dataset.digest == child.data.tags["data.md5"][:36]
+    assert "grad_norm/clipped_fraction" in child.data.metrics and "clipped_fraction" not in child.data.metrics
+
+
+def test_the_parent_run_shows_the_retrains_outcome(trained) -> None:
+    """The runs list shows parents: each carries the chosen candidate's holdout metric and the best baseline's."""
+    root, _, client = trained
+    outcome = json.loads((root / "metrics" / "forecast.json").read_text())
+    rows = {**outcome["variants"], **outcome["baselines"]}
+    experiment = client.get_experiment_by_name("seqops-forecast")
+    parent, = [r for r in client.search_runs([experiment.experiment_id]) if not r.data.tags.get("mlflow.parentRunId")]
+    assert parent.data.metrics == {"holdout_mae": rows[outcome["chosen"]]["mae"],
+                                   "holdout_baseline_mae": rows[outcome["best_baseline"]]["mae"]}
+    assert parent.data.tags["seqops.chosen"] == outcome["chosen"]
 
 
 def test_champion_loads_as_pyfunc_and_forecasts_raw_history(trained) -> None:
