@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -303,7 +304,8 @@ def schedule(
 ) -> None:
     """Retrain on a schedule: serve the retrain flow as the Prefect deployment retrain/retrain (blocks; Ctrl-C stops).
 
-    A run retrains only what DVC finds changed (new data, params or code) unless --force.
+    A run retrains only what DVC finds changed (new data, params or code) unless --force. Ctrl-C or SIGTERM
+    stops a run in flight at its next stage boundary, then the schedule (exit 130 / 143).
     """
     from prefect.client.schemas.schedules import CronSchedule
 
@@ -327,8 +329,10 @@ def schedule(
                                         port=port or None, announce=typer.echo):
         typer.echo(f"retrain/retrain: `{cron}` ({timezone}), tasks {task or 'all'}, root {root}; "
                    f"Ctrl-C or SIGTERM stops it (and the local server)")
-        serve_retrain(root, cron, timezone, tasks=task, force=force)
-    typer.echo("schedule stopped: deployment paused, local Prefect server (if any) stopped")
+        stopped_by = serve_retrain(root, cron, timezone, tasks=task, force=force, announce=typer.echo)
+    how = f" by {signal.Signals(stopped_by).name}" if stopped_by else ""
+    typer.echo(f"schedule stopped{how}: deployment paused, local Prefect server (if any) stopped")
+    raise typer.Exit(128 + stopped_by if stopped_by else 0)
 
 
 data_app = typer.Typer(help="Add data to a task: validated, versioned with DVC, committed.", no_args_is_help=True)

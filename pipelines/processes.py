@@ -210,8 +210,40 @@ def remember_interrupts() -> Iterator[None]:
         _interrupted.clear()
 
 
+def _remember(signum: int, frame: object) -> None:
+    _interrupted.set()
+
+
+STOP_AT_STAGE_BOUNDARY = signal.SIGUSR1  # what `seqops schedule` sends a run it stops
+
+
+@contextmanager
+def stop_at_stage_boundaries() -> Iterator[None]:
+    """For a run `seqops schedule` started: STOP_AT_STAGE_BOUNDARY is only remembered, so the stage in flight
+    ends cleanly and `raise_if_interrupted` stops the run at the next stage boundary.
+
+    Not SIGINT: DVC ignores it while a stage's command runs, so a stop during a stage was lost. Not SIGTERM:
+    Prefect cancels a run with it, and each subflow's engine installs its handler again. The process also leads
+    a process group of its own, so a terminal's Ctrl-C reaches the scheduler alone, which relays it, and not
+    the stage subprocesses and Dask workers this run starts (they died mid-stage, printing tracebacks).
+    Main thread only.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    os.setpgid(0, 0)
+    _interrupted.clear()
+    previous = signal.signal(STOP_AT_STAGE_BOUNDARY, _remember)
+    try:
+        yield
+    finally:
+        signal.signal(STOP_AT_STAGE_BOUNDARY, previous)
+        _interrupted.clear()
+
+
 def raise_if_interrupted() -> None:
-    """KeyboardInterrupt if Ctrl-C came during `remember_interrupts`, even if the first one was swallowed."""
+    """KeyboardInterrupt if Ctrl-C came during `remember_interrupts` (even if the first one was swallowed) or
+    `stop_at_stage_boundaries`."""
     if _interrupted.is_set():
         raise KeyboardInterrupt
 

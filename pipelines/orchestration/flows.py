@@ -20,15 +20,18 @@ from typing import Any, Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.futures import wait
+from prefect.states import Cancelled, State
 
 from pipelines import console, registry
 from pipelines.config import load_params
 from pipelines.data import fingerprint, ingest, versioning
 from pipelines.orchestration import policy as orchestration
 from pipelines.orchestration import recovery
-from pipelines.processes import raise_if_interrupted
+from pipelines.processes import raise_if_interrupted, stop_at_stage_boundaries
 from pipelines.project import project_root, seqops_home, tracking_uri
 from pipelines.tasks.settings import task_spec
+
+SCHEDULED_RUN_ENV = "SEQOPS_SCHEDULED_RUN"  # "1" in the runs `seqops schedule` starts (its children inherit it)
 
 
 def _stage_environment() -> None:
@@ -203,13 +206,30 @@ def _retrain_task(root: str, name: str, force: bool, data: dict[str, str]) -> di
 
 
 @flow(name="retrain", on_failure=[orchestration.report_failure])
-def retrain(tasks: list[str] | None = None, force: bool = False, root: str | None = None) -> dict[str, Any]:
+def retrain(tasks: list[str] | None = None, force: bool = False, root: str | None = None) -> dict[str, Any] | State:
     """Version data -> prepare -> train variants -> evaluate -> promote, for each task.
 
     When DVC finds every stage of a task up to date (same data, params and code) the task is
     skipped unless `force`: a nightly schedule only trains when something changed. Retrains of
     one task never overlap (Prefect global concurrency limit retrain-<task>).
+
+    A run `seqops schedule` started (SCHEDULED_RUN_ENV set) that the scheduler tells to stop (its Ctrl-C or
+    SIGTERM, relayed) ends its stage in flight and stops at the next stage boundary, Cancelled; stages
+    that finished stay done, and the next run goes on from there.
     """
+    if os.environ.get(SCHEDULED_RUN_ENV) != "1":
+        return _retrain(tasks, force, root)
+    with stop_at_stage_boundaries():
+        try:
+            return _retrain(tasks, force, root)
+        except KeyboardInterrupt:
+            message = ("stopped at a stage boundary: `seqops schedule` is stopping; stages that finished stay "
+                       "done, and the next run goes on from there")
+            get_run_logger().warning(message)
+            return Cancelled(message=message)
+
+
+def _retrain(tasks: list[str] | None, force: bool, root: str | None) -> dict[str, Any]:
     base = Path(root) if root else project_root()
     params = load_params(base)
     names = tasks or list(params.tasks)
@@ -218,6 +238,7 @@ def retrain(tasks: list[str] | None = None, force: bool = False, root: str | Non
     _stage_environment()
     for repaired in recovery.recover(base):
         get_run_logger().warning("after a crash: %s", repaired)
+    raise_if_interrupted()
     data = orchestration.retrying(params.orchestration)(version_data)(str(base), names)
     summary: dict[str, Any] = {}
     for name in names:

@@ -3,8 +3,9 @@
 Prefect's ephemeral mode runs flows but cannot schedule them, so `seqops schedule` needs a Prefect
 server: PREFECT_API_URL's when set, otherwise a local `prefect server start` started here as a child
 process (127.0.0.1, a free port, state in <SEQOPS_HOME>/prefect-server) and stopped when the
-command stops, by Ctrl-C, SIGTERM or an error. `flow.serve` then registers the deployment
-`retrain/retrain` and runs each due run in a subprocess; on shutdown it pauses the schedule.
+command stops, by Ctrl-C, SIGTERM or an error. A Prefect runner then registers the deployment
+`retrain/retrain` and runs each due run in a subprocess; Ctrl-C or SIGTERM stops a run in flight at
+its next stage boundary, then the runner, which pauses the schedule.
 
 `seqops run` does not let Prefect start its own temporary server: that one is a plain child of the
 flow's process and outlives a `kill -9` of it. `run_api` starts the same API (uvicorn, no UI, no
@@ -13,15 +14,23 @@ background services) under pipelines.processes' guard instead, so it dies with t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+import psutil
 
 from pipelines.errors import SeqopsError
-from pipelines.processes import Guarded, exit_on_sigterm
+from pipelines.processes import STOP_AT_STAGE_BOUNDARY, Guarded, exit_on_sigterm
 from pipelines.project import ENVIRONMENT_DEFAULTS, seqops_home
 from pipelines.serving.process import answers, free_port, wait_until_answering
 
@@ -185,22 +194,126 @@ def run_api(home: Path) -> Iterator[str]:
 
 
 def serve_retrain(root: Path, cron: str, timezone: str = "UTC", tasks: list[str] | None = None,
-                  force: bool = False) -> None:
-    """Register `retrain/retrain` with the cron schedule and run due runs until stopped (blocks).
+                  force: bool = False, announce=print) -> int | None:
+    """Register `retrain/retrain` with the cron schedule and run due runs until SIGINT or SIGTERM; returns which
+    (None: the runner ended by itself).
 
     One run of the deployment at a time (global_limit=1, as prefect.yaml declares); within a run,
-    one retrain per task at a time (pipelines.orchestration.policy).
+    one retrain per task at a time (pipelines.orchestration.policy). Prefect's runner works in a thread
+    of its own, so this (main) thread keeps the signals: the first one is relayed to the runs in flight,
+    which stop at their next stage boundary (pipelines.orchestration.flows.retrain), and the runner
+    stops once they have ended; a second one kills them now (the next run recovers, recovery.py).
     """
     from prefect.client.schemas.schedules import CronSchedule
+    from prefect.runner import Runner
 
-    from pipelines.orchestration.flows import retrain
+    from pipelines.orchestration.flows import SCHEDULED_RUN_ENV, retrain
 
-    retrain.serve(
-        name=DEPLOYMENT,
-        schedules=[CronSchedule(cron=cron, timezone=timezone)],
-        parameters={"tasks": tasks, "force": force, "root": str(root)},
-        global_limit=1,
-        tags=["seqops", "retrain"],
-        description="Version data, prepare, train variants, evaluate and promote; DVC skips unchanged stages.",
-        pause_on_shutdown=True,
-    )
+    runner = Runner(name=DEPLOYMENT, pause_on_shutdown=True)
+    runner.add_flow(retrain, name=DEPLOYMENT, schedules=[CronSchedule(cron=cron, timezone=timezone)],
+                    parameters={"tasks": tasks, "force": force, "root": str(root)}, concurrency_limit=1,
+                    tags=["seqops", "retrain"],
+                    description="Version data, prepare, train variants, evaluate and promote; "
+                                "DVC skips unchanged stages.")
+    signals, failed = _Signals(), []
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(_run_runner, runner, failed),
+                              name="prefect-runner", daemon=True)  # with this thread's Prefect settings
+    os.environ[SCHEDULED_RUN_ENV] = "1"  # the runs' processes inherit it
+    with signals.caught():
+        thread.start()
+        try:
+            announce("retrain/retrain is being served: `prefect deployment run retrain/retrain` runs it now")
+            while thread.is_alive() and not signals.wait(0.5):
+                pass
+            runs = _runs_in_flight() if signals.first else []
+            if runs:
+                announce(f"{signal.Signals(signals.first).name}: the run in flight stops at its next stage "
+                         f"boundary (a second Ctrl-C or SIGTERM stops it now)")
+                _stop_runs(runs, signals)
+        finally:
+            os.environ.pop(SCHEDULED_RUN_ENV, None)
+            _stop_runner(runner, thread)
+    if failed:
+        raise failed[0]
+    return signals.first
+
+
+def _run_runner(runner: Any, failed: list[BaseException]) -> None:
+    try:
+        asyncio.run(runner.start())
+    except BaseException as e:  # raised again in the main thread, which has the error handler
+        failed.append(e)
+
+
+def _stop_runner(runner: Any, thread: threading.Thread, timeout: float = 60.0) -> None:
+    """Stop the runner's polling and wait for its thread; on the way out it pauses the deployment."""
+    deadline = time.monotonic() + timeout
+    while thread.is_alive() and not runner.started and time.monotonic() < deadline:
+        time.sleep(0.1)  # still starting: astop refuses a runner that has not started
+    if thread.is_alive():
+        runner.execute_in_background(runner.astop).result(timeout=timeout)
+        thread.join(timeout=timeout)
+
+
+class _Signals:
+    """SIGINT and SIGTERM, recorded in order while `caught`."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._event = threading.Event()
+
+    @property
+    def first(self) -> int | None:
+        return self.received[0] if self.received else None
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+        self._event.set()
+
+    @contextmanager
+    def caught(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self._record) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+RUN_COMMANDS = ("--multiprocessing-fork", "prefect.engine")  # how Prefect's runner starts a flow run's process
+
+
+def _runs_in_flight() -> list[psutil.Process]:
+    """The flow runs' processes Prefect's runner started: children of this process, spawned by multiprocessing
+    (a served flow object) or `python -m prefect.engine` (a flow loaded from storage)."""
+    found = []
+    for child in psutil.Process().children():
+        try:
+            if any(word in child.cmdline() for word in RUN_COMMANDS):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _stop_runs(runs: list[psutil.Process], signals: _Signals) -> None:
+    """Ask each run to stop at its next stage boundary (pipelines.processes.stop_at_stage_boundaries), whichever
+    signal came, and wait for them to end; on a second signal, kill each run's process group (the run leads its
+    own: its stage subprocesses and Dask workers)."""
+    for run in runs:
+        with contextlib.suppress(psutil.Error):
+            run.send_signal(STOP_AT_STAGE_BOUNDARY)
+    while runs:
+        _, runs = psutil.wait_procs(runs, timeout=0.5)
+        if len(signals.received) > 1:
+            for run in runs:
+                try:
+                    os.killpg(run.pid, signal.SIGKILL)
+                except ProcessLookupError:  # not leading its group yet: nothing started under it
+                    with contextlib.suppress(psutil.Error):
+                        run.kill()
+            psutil.wait_procs(runs, timeout=30)
+            return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -93,7 +94,7 @@ def test_schedule_serves_and_runs_the_deployment_and_sigterm_leaves_no_server(tm
         _wait_for(log, r"retrain FAILED \(flow run", process)
 
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM, log.read_text()[-3000:]
     finally:
         if process.poll() is None:
             stop_group(process)
@@ -102,7 +103,51 @@ def test_schedule_serves_and_runs_the_deployment_and_sigterm_leaves_no_server(tm
     assert not port_open(port) and _server_processes(port) == []
 
 
-def _wait_for(log: Path, pattern: str, process: subprocess.Popen, timeout: float = 120) -> str:
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, whole_group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["ctrl-c-in-a-terminal", "sigterm"])
+def test_a_signal_stops_the_run_in_flight_at_the_next_stage_boundary_and_the_next_run_goes_on(
+        tmp_path: Path, sig: signal.Signals, whole_group: bool) -> None:
+    """Ctrl-C reaches the terminal's whole process group (the scheduler, the run, its stage subprocess); SIGTERM
+    (a service manager's stop) the scheduler alone. Either way the stage in flight ends, the run stops before
+    the next one, and the schedule exits 128 + the signal with one line and no traceback."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    root = make_project(tmp_path / "project", {"forecast": TINY_FORECAST})
+    command = [str(BIN / "seqops"), "schedule", "--cron", "0 3 1 1 *", "--task", "forecast"]
+    log = tmp_path / "schedule.log"
+    env = base_env(SEQOPS_ROOT=str(root))
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=env)
+    try:
+        api = _wait_for(log, r"Prefect server: (http://127\.0\.0\.1:\d+/api)", process)
+        _wait_for(log, r"is being served", process)
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            run_deployment("retrain/retrain", timeout=0)
+        _wait_for(log, r"Running stage 'prepare@forecast'", process, timeout=300, poll=0.1)
+        if whole_group:
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
+        assert process.wait(timeout=120) == 128 + sig, log.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            stop_group(process)
+    output = log.read_text()
+    assert f"schedule stopped by {sig.name}" in output and "Traceback" not in output, output[-3000:]
+    assert re.search(r"forecast\s+prepare\s+done", output) and not re.search(r"forecast\s+train", output), output
+    assert "Finished in state Cancelled('stopped at a stage boundary" in output
+
+    again = subprocess.run([str(BIN / "seqops"), "run", "--task", "forecast", "--no-serve-check"], cwd=root,
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert re.search(r"forecast\s+prepare\s+up to date", again.stdout), again.stdout
+    assert re.search(r"forecast\s+promote\s+done", again.stdout), again.stdout
+
+
+def _wait_for(log: Path, pattern: str, process: subprocess.Popen, timeout: float = 120, poll: float = 0.5) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = re.search(pattern, log.read_text(errors="replace"))
@@ -110,5 +155,5 @@ def _wait_for(log: Path, pattern: str, process: subprocess.Popen, timeout: float
             return found.group(found.lastindex or 0)
         if process.poll() is not None:
             raise AssertionError(f"seqops schedule exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
+        time.sleep(poll)
     raise AssertionError(f"no {pattern!r} in {timeout:.0f}s:\n{log.read_text()[-3000:]}")
