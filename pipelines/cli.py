@@ -150,7 +150,8 @@ def serve(
 ) -> None:
     """Serve models:/seqops-TASK@champion over REST (blocks; Ctrl-C stops).
 
-    MLflow's scoring app inside the seqops gateway (pipelines/gateway.py); settings in params.yaml `serving`.
+    The seqops gateway (pipelines/serving/gateway.py), in place of MLflow's scoring app; settings in params.yaml
+    `serving`. JSON, CSV and Parquet bodies are read and checked alike.
     A request without Content-Type is JSON; a body over serving.max_body_bytes gets a 413, a slow one a 504.
     Every response carries X-Model-Version; GET /health, /version and /metrics (Prometheus).
     The model reloads when `champion` moves (checked every serving.poll_interval_s).

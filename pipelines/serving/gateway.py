@@ -1,16 +1,16 @@
-"""The serving gateway: MLflow's scoring app for the `champion`, inside a thin ASGI wrapper.
+"""The serving gateway: the `champion` pyfunc behind our own ASGI app, in place of MLflow's scoring app.
 
 MLflow's stock server (`mlflow.pyfunc.scoring_server.init(model)`) answers a request without a
 Content-Type with a 500, accepts bodies of any size, exposes no metrics and never notices that
-the `champion` alias moved (MLflow issues #4039, #8007). The wrapper, per request:
+the `champion` alias moved (MLflow issues #4039, #8007). The gateway, per request:
 
 - reads the body up to serving.max_body_bytes (413 beyond, read and discarded so the client
   sees the answer), treats a missing Content-Type (or curl's default for -d) as JSON, refuses
   other types with a 415;
-- answers JSON on a fast path (pipelines/serving/requests.py: the pyfunc's own validation, unknown
-  columns and params refused) and forwards CSV/Parquet to MLflow's app; any other path is a 404
+- answers JSON, CSV and Parquet on a fast path (pipelines/serving/requests.py reads all three into the
+  same records; the pyfunc's own validation, unknown columns and params refused); any other path is a 404
   (MLflow's /docs, /redoc and /openapi.json are not served);
-- validates a JSON request whole (records within serving.max_records, cost within
+- validates a request whole (records within serving.max_records, cost within
   serving.max_request_steps), then scores it beside the requests that arrive with it
   (pipelines/serving/batching.py) when the model scores prepared requests together;
 - gives up after serving.request_timeout_s with a 504, and the model stops working on it (the deadline
@@ -51,7 +51,6 @@ from pipelines.serving.requests import (
     PARQUET,
     UNSUPPORTED_MEDIA_TYPE,
     InputError,
-    check_table,
     error_body,
     invoke,
     prepare,
@@ -163,17 +162,10 @@ class Gateway:
             await _respond(send, 415, error_body(f"charset {charset!r} is not supported: send UTF-8",
                                                  UNSUPPORTED_MEDIA_TYPE))
             return
-        if mime == JSON:
-            status, payload = await (self._score(served, body, deadline) if served.scorer is not None
-                                     else self._predict(served, body))
+        if mime in (JSON, CSV, PARQUET):
+            status, payload = await (self._score(served, body, deadline, mime) if served.scorer is not None
+                                     else self._predict(served, body, mime))
             await _respond(send, status, payload)
-        elif mime in (CSV, PARQUET):
-            try:
-                check_table(mime, body, served.inputs)
-            except InputError as e:
-                await _respond(send, e.status, error_body(e.message, e.error_code))
-                return
-            await served.app(scope, _replay(body, receive), send)
         else:
             message = (f"Content-Type {raw_type!r} is not supported: send {JSON} (the default when the header "
                        f"is absent), {CSV} or {PARQUET}")
@@ -211,11 +203,11 @@ class Gateway:
                                "(serving.max_body_bytes)")
         return b"".join(chunks)
 
-    async def _score(self, served: Served, body: bytes, deadline: float) -> tuple[int, bytes]:
+    async def _score(self, served: Served, body: bytes, deadline: float, mime: str) -> tuple[int, bytes]:
         """A model that scores prepared requests: validated alone, then scored with what arrives beside it."""
         config, self.batcher.arriving = self.config, self.batcher.arriving + 1
         try:
-            args = (served.scorer, served.inputs, body, config.max_records, config.max_request_steps)
+            args = (served.scorer, served.inputs, body, config.max_records, config.max_request_steps, mime)
             if len(body) <= INLINE_BYTES:
                 prepared = prepare(*args)
             else:
@@ -229,11 +221,11 @@ class Gateway:
         except asyncio.TimeoutError:
             return 504, self.timed_out
 
-    async def _predict(self, served: Served, body: bytes) -> tuple[int, bytes]:
+    async def _predict(self, served: Served, body: bytes, mime: str) -> tuple[int, bytes]:
         """Any other pyfunc: MLflow's predict, one request at a time."""
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor, invoke, served.predict, served.inputs, body,
-                                      self.config.max_records)
+                                      self.config.max_records, mime)
         try:
             return await asyncio.wait_for(future, self.config.request_timeout_s)
         except asyncio.TimeoutError:
@@ -316,16 +308,6 @@ async def _respond(send: Any, status: int, body: bytes, content_type: bytes = b"
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *extra]})
     await send({"type": "http.response.body", "body": body})
-
-
-def _replay(body: bytes, receive: Any) -> Any:
-    """A receive() that hands an already-read body to the next app, then waits on the real one."""
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def replay() -> dict:
-        return pending.pop() if pending else await receive()
-
-    return replay
 
 
 def _tune_process() -> None:

@@ -3,9 +3,8 @@
 The gateway (pipelines/serving/gateway.py) handles requests; this module decides what answers them.
 A version is found by alias or number, its files are downloaded once, checked against the gate's
 signature (pipelines/signing.py) and loaded from those very files, so what was verified is what
-runs. Everything a request needs from the model (its input rules, a predict callable, MLflow's
-scoring app for forwarded CSV/Parquet) is built here, before the swap, so a reload never leaves a
-half-loaded model in front of a request.
+runs. Everything a request needs from the model (its input rules, a predict callable) is built here,
+before the swap, so a reload never leaves a half-loaded model in front of a request.
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -74,7 +71,6 @@ class Served:
     run_id: str | None
     inputs: ModelInputs
     predict: Any  # (DataFrame, params) -> predictions
-    app: Any  # MLflow's scoring app for this model
     loaded_at: float
     # How the model states its uncertainty (interval method, probability calibration), for /version.
     uncertainty: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -88,8 +84,6 @@ class Served:
 def load_served(config: GatewayConfig, version: str | None = None) -> Served:
     """Load a registered version (default: the current champion) fully, ready to swap in; UnverifiedModel
     unless the gate promoted and signed it (pipelines/signing.py)."""
-    from mlflow.pyfunc import scoring_server
-
     mlflow.set_tracking_uri(config.tracking_uri)
     mlflow.set_registry_uri(config.tracking_uri)
     client = MlflowClient(config.tracking_uri, config.tracking_uri)
@@ -120,8 +114,6 @@ def load_served(config: GatewayConfig, version: str | None = None) -> Served:
     else:  # not one of our PythonModels: MLflow's predict (with its schema enforcement)
         def predict(frame: Any, params: Any) -> Any:
             return model.predict(frame, params=params)
-    # MLflow's app (forwarded CSV/Parquet) reads its timeout from the environment when built.
-    os.environ["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(max(1, math.ceil(config.request_timeout_s)))
-    return Served(str(found.version), found.run_id, ModelInputs.from_metadata(model.metadata), predict,
-                  scoring_server.init(model), time.time(), dict(getattr(python_model, "uncertainty", None) or {}),
+    return Served(str(found.version), found.run_id, ModelInputs.from_metadata(model.metadata), predict, time.time(),
+                  dict(getattr(python_model, "uncertainty", None) or {}),
                   python_model if getattr(python_model, "batching", False) else None)

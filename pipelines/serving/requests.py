@@ -5,8 +5,10 @@ enforcement, a DataFrame repr for its error message, json with a NumpyEncoder). 
 validate every field they read themselves (pipelines/serving/pyfunc.py), so this path parses MLflow's
 JSON formats (dataframe_records, dataframe_split, instances, inputs; optional params) with
 orjson, refuses what MLflow would silently drop (unknown top-level keys, unknown columns,
-unknown params), calls the pyfunc's own predict and writes the response with orjson. Every
-refusal is an InputError (400) whose message names the key, record or field.
+unknown params), calls the pyfunc's own predict and writes the response with orjson. CSV and
+Parquet bodies are read here too, into the records a JSON body would give, so the same checks
+refuse them with the same messages. Every refusal is an InputError (400) whose message names the
+key, record or field.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ FORMATS = ("dataframe_records", "dataframe_split", "instances", "inputs")
 FORMAT_LIST = ", ".join(FORMATS)
 JSON, CSV, PARQUET = "application/json", "text/csv", "application/vnd.apache.parquet"
 UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"  # the error_code of every 415: a body's type, not its content
+NUMERIC = (DataType.integer, DataType.long, DataType.float, DataType.double)
 
 log = logging.getLogger("seqops.gateway")
 
@@ -50,6 +53,7 @@ class ModelInputs:
     required: tuple[str, ...]
     params: tuple[str, ...]
     lists: tuple[str, ...] = ()  # columns whose values are lists (CSV cannot carry them)
+    numbers: tuple[str, ...] = ()  # numeric columns: a CSV cell there is read as a number
 
     @classmethod
     def from_metadata(cls, metadata: Any) -> "ModelInputs":
@@ -58,7 +62,8 @@ class ModelInputs:
         specs = [s for s in (schema.inputs if schema is not None else []) if s.name is not None]
         return cls(tuple(s.name for s in specs), tuple(s.name for s in specs if s.required),
                    tuple(p.name for p in params.params) if params is not None else (),
-                   tuple(s.name for s in specs if not isinstance(s.type, DataType)))
+                   tuple(s.name for s in specs if not isinstance(s.type, DataType)),
+                   tuple(s.name for s in specs if s.type in NUMERIC))
 
     def describe(self) -> str:
         return ", ".join(c if c in self.required else f"{c} (optional)" for c in self.columns)
@@ -192,50 +197,92 @@ def to_frame(document: Any, inputs: ModelInputs) -> tuple[pd.DataFrame, dict[str
     return frame, _params(document.get("params"), inputs)
 
 
-def table_columns(mime: str, body: bytes) -> list[str] | None:
-    """Column names of a CSV or Parquet body (None when it cannot be read; MLflow then answers)."""
-    try:
-        if mime == CSV:
-            header = body.split(b"\n", 1)[0].decode("utf-8")
-            return next(csv.reader([header]), [])
-        import pyarrow.parquet as pq
+def _table_records(mime: str, columns: list[str], records: list[dict[str, Any]], inputs: ModelInputs) -> pd.DataFrame:
+    """The records of a CSV or Parquet body as the JSON path builds them, after the header's own rules."""
+    seen: set[str] = set()
+    for name in columns:
+        if name in seen:
+            raise InputError(f"the {mime} header names column {name!r} twice")
+        seen.add(name)
+    _check_fields(f"{mime} header", columns, inputs)
+    if not records:
+        raise InputError(f"the {mime} body has no records (columns but no rows): send at least one record")
+    return pd.DataFrame(records, columns=columns, dtype=object)
 
-        names = pq.read_schema(io.BytesIO(body)).names
-        return [n for n in names if not n.startswith("__index_level_")]
-    except Exception:
-        return None
 
-
-def check_table(mime: str, body: bytes, inputs: ModelInputs) -> None:
-    """The unknown-column rule for CSV and Parquet bodies, which MLflow's own parser then reads."""
-    if mime == CSV and inputs.lists:
+def read_csv(body: bytes, inputs: ModelInputs) -> pd.DataFrame:
+    """A CSV body -> the records JSON would give, every cell a string as sent: pandas' defaults (which MLflow's app
+    used) read `NA`, `null`, `None` or `nan` as missing, so such a text was refused as absent, and every other
+    refusal came back in MLflow's shape with the whole table in it. Only an empty cell is empty: in a required column
+    it is refused naming its line; in an optional one the field is left out, as a JSON record would. Blank lines are
+    skipped (as pandas does) and do not count as records."""
+    if inputs.lists:
         raise InputError(f"{CSV} cannot carry the list field(s) {', '.join(inputs.lists)}: send {JSON}", 415,
                          UNSUPPORTED_MEDIA_TYPE)
-    columns = table_columns(mime, body)
-    if columns is not None:
-        _check_fields(f"{mime} header", columns, inputs)
-    if mime == CSV and inputs.required:
-        _check_cells(body, inputs)
-
-
-def _check_cells(body: bytes, inputs: ModelInputs) -> None:
-    """An empty cell in a required column of a CSV body, refused here naming its line and column: pandas reads it as
-    missing and MLflow's app answered the model's refusal in its own shape, with the whole table's repr."""
+    if not body.strip():
+        raise InputError(f"the request body is empty: send a {CSV} table whose first line names the columns")
     try:
-        reader = csv.reader(io.StringIO(body.decode("utf-8"), newline=""))
-        header = next(reader, [])
-        required = [(i, name) for i, name in enumerate(header) if name in inputs.required]
-        record = 0
+        text = body.decode("utf-8-sig")  # a leading byte order mark (Excel's "CSV UTF-8") is not part of the header
+    except UnicodeDecodeError:
+        raise InputError(f"the request body is not UTF-8 encoded {CSV}") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    records: list[dict[str, Any]] = []
+    try:
+        header = next(reader)
         for row in reader:
-            if not row:  # a blank line, which pandas skips
-                continue
-            for i, name in required:
-                if i >= len(row) or not row[i]:
-                    raise InputError(f"{CSV} line {reader.line_num} (record {record}): column {name!r} is empty; "
-                                     "every record needs a value there")
-            record += 1
-    except (UnicodeDecodeError, csv.Error):  # not a table we can read: MLflow's parser answers
-        return
+            if row:
+                records.append(_csv_record(header, row, f"{CSV} line {reader.line_num} (record {len(records)})",
+                                           inputs))
+    except csv.Error as e:
+        raise InputError(f"the request body is not valid {CSV}: {e} (line {reader.line_num})") from None
+    return _table_records(CSV, header, records, inputs)
+
+
+def _csv_record(header: list[str], row: list[str], where: str, inputs: ModelInputs) -> dict[str, Any]:
+    if len(row) != len(header):
+        raise InputError(f"{where}: {len(row)} values for the header's {len(header)} columns; each row needs one "
+                         "value per column")
+    record: dict[str, Any] = {}
+    for name, cell in zip(header, row):
+        if not cell and name in inputs.required:
+            raise InputError(f"{where}: column {name!r} is empty; every record needs a value there")
+        if cell:
+            record[name] = _number(cell, name, where) if name in inputs.numbers else cell
+    return record
+
+
+def _number(cell: str, name: str, where: str) -> int | float:
+    """A cell of a numeric column as the number JSON would carry (an integer, else a float)."""
+    try:
+        return int(cell) if cell.strip().lstrip("+-").isdigit() and len(cell) <= 18 else float(cell)
+    except ValueError:
+        raise InputError(f"{where}: column {name!r} must be a number, got {cell[:40]!r}") from None
+
+
+def read_parquet(body: bytes, inputs: ModelInputs) -> pd.DataFrame:
+    """A Parquet body -> the records JSON would give (a null is JSON's null, a list a list), so refusals come from
+    the same checks, in our shape; MLflow's app answered them with the whole table in its own shape."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not body:
+        raise InputError(f"the request body is empty: send a {PARQUET} file")
+    try:
+        table = pq.read_table(pa.BufferReader(body))
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"the request body is not a readable {PARQUET} file: {e}") from None
+    index = (table.schema.pandas_metadata or {}).get("index_columns", [])  # a DataFrame's index, stored as a column
+    table = table.drop_columns([n for n in index if isinstance(n, str)])
+    return _table_records(PARQUET, table.column_names, table.to_pylist(), inputs)
+
+
+def decode(mime: str, body: bytes, inputs: ModelInputs) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+    """A request body of any accepted type -> (model input, params); only JSON carries params."""
+    if mime == CSV:
+        return read_csv(body, inputs), None
+    if mime == PARQUET:
+        return read_parquet(body, inputs), None
+    return to_frame(decode_json(body), inputs)
 
 
 def _jsonable(predictions: Any) -> Any:
@@ -274,10 +321,10 @@ def check_steps(steps: int, records: int, limit: int) -> None:
                          "shorter histories or a shorter horizon")
 
 
-def prepare(scorer: Any, inputs: ModelInputs, body: bytes, max_records: int, max_steps: int) -> Any:
-    """Decode and validate one JSON request whole for a model that scores prepared requests together
+def prepare(scorer: Any, inputs: ModelInputs, body: bytes, max_records: int, max_steps: int, mime: str = JSON) -> Any:
+    """Decode and validate one request whole for a model that scores prepared requests together
     (pipelines/serving/batching.py): its Prepared, or an InputError (400) naming the field or the limit."""
-    frame, params = to_frame(decode_json(body), inputs)
+    frame, params = decode(mime, body, inputs)
     check_records(len(frame), max_records)
     try:
         prepared = scorer.prepare(frame, params)
@@ -287,10 +334,11 @@ def prepare(scorer: Any, inputs: ModelInputs, body: bytes, max_records: int, max
     return prepared
 
 
-def invoke(predict: Predict, inputs: ModelInputs, body: bytes, max_records: int | None = None) -> tuple[int, bytes]:
-    """One JSON request, end to end: (HTTP status, response body). Never raises."""
+def invoke(predict: Predict, inputs: ModelInputs, body: bytes, max_records: int | None = None,
+           mime: str = JSON) -> tuple[int, bytes]:
+    """One request, end to end: (HTTP status, response body). Never raises."""
     try:
-        frame, params = to_frame(decode_json(body), inputs)
+        frame, params = decode(mime, body, inputs)
         if max_records is not None:
             check_records(len(frame), max_records)
         return 200, serialize(predict(frame, params))

@@ -7,11 +7,15 @@ texts up to 1000 characters, 100 records) and params.yaml's serving.max_body_byt
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from typing import Any
 
-JSON = "application/json"
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+JSON, CSV, PARQUET = "application/json", "text/csv", "application/vnd.apache.parquet"
 NO_TYPE = None  # the header is left out
 TEN_MB = 10 * 1024 * 1024
 HISTORY = [330.0 + 0.05 * i for i in range(60)]
@@ -36,6 +40,13 @@ def _records(*records: dict, params: dict | None = None) -> bytes:
     if params is not None:
         body["params"] = params
     return _json(body)
+
+
+def parquet(**columns: list) -> bytes:
+    """A Parquet body with these columns (a list of values each; an empty one is a column of strings)."""
+    out = io.BytesIO()
+    pq.write_table(pa.table({name: values or pa.array([], pa.string()) for name, values in columns.items()}), out)
+    return out.getvalue()
 
 
 def _history(raw: str) -> bytes:
@@ -88,8 +99,8 @@ def envelope_cases(good: dict) -> list[Case]:
              "is not supported"),
         Case("content-type-multipart", one, "multipart/form-data; boundary=x", 415, "is not supported"),
         Case("charset-latin-1", one, "application/json; charset=latin-1", 415, "charset 'latin-1'"),
-        Case("parquet-garbage", b"PAR1 not really parquet", "application/vnd.apache.parquet", 400,
-             "Failed to parse input"),
+        Case("parquet-garbage", b"PAR1 not really parquet", PARQUET, 400,
+             f"the request body is not a readable {PARQUET} file"),
     ]
 
 
@@ -139,7 +150,7 @@ def forecast_cases() -> list[Case]:
              "different lengths"),
         Case("series-id-list", _records({"series_id": ["a"], "history": h}), JSON, 400,
              "'series_id' must be a string"),
-        Case("csv-cannot-carry-history", b"series_id,history\na,330.0\n", "text/csv", 415,
+        Case("csv-cannot-carry-history", b"series_id,history\na,330.0\n", CSV, 415,
              "cannot carry the list field(s) history"),
     ]
     return envelope_cases(good) + cases
@@ -171,9 +182,28 @@ def sentiment_cases() -> list[Case]:
         Case("params-for-a-model-without-params", _records(good, params={"horizon": 3}), JSON, 400,
              "unknown param 'horizon': this model takes no params"),
         Case("columnar-scalar", _json({"inputs": {"text": "great"}}), JSON, 400, "inputs.text must be a list"),
-        Case("csv-extra-column", b"text,label\ngreat,positive\n", "text/csv", 400, "unknown field 'label'"),
-        Case("csv-wrong-column", b"review\ngreat\n", "text/csv", 400, "unknown field 'review'"),
-        Case("csv-empty", b"", "text/csv", 400, "Failed to parse input"),
-        Case("csv-no-rows", b"text\n", "text/csv", 400, "no records to score"),
+        Case("csv-extra-column", b"text,label\ngreat,positive\n", CSV, 400, "unknown field 'label'"),
+        Case("csv-wrong-column", b"review\ngreat\n", CSV, 400, "unknown field 'review'"),
+        Case("csv-duplicate-column", b"text,text\ngreat,fine\n", CSV, 400, "header names column 'text' twice"),
+        Case("csv-empty", b"", CSV, 400, "the request body is empty: send a text/csv table"),
+        Case("csv-no-rows", b"text\n", CSV, 400, "the text/csv body has no records (columns but no rows)"),
+        Case("csv-whitespace-cell", b'text\ngreat\n"  \t "\n', CSV, 400, "record 1: field 'text' is empty"),
+        Case("csv-too-long", b"text\n" + b"a" * 1001 + b"\n", CSV, 400,
+             "record 0: field 'text' has 1001 characters; at most 1000"),
+        Case("csv-too-many-records", b"text\n" + b"great\n" * 101, CSV, 400,
+             "101 records in one request; at most 100"),
+        Case("csv-unclosed-quote", b'text\ngreat\n"unclosed\n', CSV, 400,
+             "not valid text/csv: unexpected end of data (line 3)"),
+        Case("csv-ragged-row", b"text\ngreat,extra\n", CSV, 400,
+             "text/csv line 2 (record 0): 2 values for the header's 1 columns"),
+        Case("csv-not-utf8", b"text\n\xff\xfe\n", CSV, 400, "not UTF-8 encoded text/csv"),
+        Case("parquet-no-rows", parquet(text=[]), PARQUET, 400, f"the {PARQUET} body has no records"),
+        Case("parquet-whitespace", parquet(text=["great", " \u200b "]), PARQUET, 400,
+             "record 1: field 'text' is empty"),
+        Case("parquet-null", parquet(text=["great", None]), PARQUET, 400, "record 1: field 'text' is required"),
+        Case("parquet-number", parquet(text=[42]), PARQUET, 400, "record 0: field 'text' must be a string, got int"),
+        Case("parquet-too-long", parquet(text=["a" * 1001]), PARQUET, 400, "1001 characters; at most 1000"),
+        Case("parquet-extra-column", parquet(text=["great"], label=["positive"]), PARQUET, 400,
+             "unknown field 'label'"),
     ]
     return envelope_cases(good) + cases

@@ -3,13 +3,14 @@ message names the problem, and the server stays healthy and keeps answering good
 
 from __future__ import annotations
 
+import json
 from typing import Iterator
 
 import httpx
 import pytest
 
 from tests.serving.conftest import GOOD_FORECAST, GOOD_SENTIMENT
-from tests.serving.corpus import Case, forecast_cases, sentiment_cases
+from tests.serving.corpus import CSV, JSON, PARQUET, Case, forecast_cases, parquet, sentiment_cases
 
 
 def _send(http: httpx.Client, url: str, case: Case) -> httpx.Response:
@@ -28,6 +29,7 @@ CODES = {413: "REQUEST_LIMIT_EXCEEDED", 415: "UNSUPPORTED_MEDIA_TYPE"}
 
 def _check(response: httpx.Response, case: Case) -> None:
     assert response.status_code == case.status, f"{case.id}: {response.status_code} {response.text[:500]}"
+    assert set(response.json()) == {"error_code", "message"}, f"{case.id}: not our shape: {response.text[:500]}"
     message = response.json()["message"]
     assert case.message in message, f"{case.id}: {message[:500]}"
     if case.status in CODES:
@@ -75,3 +77,27 @@ def test_a_csv_empty_cell_gets_our_error_shape_naming_its_line_and_column(sentim
     assert response.status_code == 400, response.text
     assert response.json() == {"error_code": "BAD_REQUEST", "message": f"text/csv {where}: column 'text' is empty; "
                                                                           "every record needs a value there"}
+
+
+def _records(*texts: object) -> bytes:
+    return json.dumps({"dataframe_records": [{"text": t} for t in texts]}).encode()
+
+
+@pytest.mark.parametrize("table, mime, same", [
+    (b'text\ngreat\n" "\n', CSV, _records("great", " ")),
+    (b"text\n\xe2\x80\x8b\n", CSV, _records("\u200b")),
+    (b"text\r\ngreat\r\n" + b"a" * 1001 + b"\r\n", CSV, _records("great", "a" * 1001)),
+    (b"text\n" + b"great\n" * 101, CSV, _records(*["great"] * 101)),
+    (parquet(text=["great", "  "]), PARQUET, _records("great", "  ")),
+    (parquet(text=["great", None]), PARQUET, _records("great", None)),
+    (parquet(text=[7]), PARQUET, _records(7)),
+    (parquet(text=["a" * 1001]), PARQUET, _records("a" * 1001)),
+], ids=["csv-blank", "csv-invisible", "csv-too-long", "csv-too-many", "parquet-blank", "parquet-null",
+        "parquet-number", "parquet-too-long"])
+def test_a_table_body_is_refused_exactly_as_the_same_records_in_json(sentiment_server, http, table: bytes, mime: str,
+                                                                     same: bytes) -> None:
+    url = f"{sentiment_server.url}/invocations"
+    ours, theirs = (http.post(url, content=body, headers={"Content-Type": kind})
+                    for body, kind in ((table, mime), (same, JSON)))
+    assert theirs.status_code == 400, theirs.text
+    assert (ours.status_code, ours.json()) == (theirs.status_code, theirs.json())

@@ -1,6 +1,6 @@
-"""What the gateway adds to MLflow's scoring app: Content-Type default, model version on every
-response, /health /version /metrics, request timeout, reload safety, and the same predictions as
-MLflow's own scoring path."""
+"""What the gateway adds to MLflow's scoring app: Content-Type default, CSV and Parquet read into the
+records JSON gives, model version on every response, /health /version /metrics, request timeout,
+reload safety, and the same predictions as MLflow's own scoring path."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from pipelines.serving.gateway import Gateway, GatewayConfig, Served, load_serve
 from pipelines.serving.requests import ModelInputs, invoke
 from pipelines.signing import VERIFY_KEY_ENV, default_key_paths
 from tests.serving.conftest import GOOD_FORECAST, GOOD_SENTIMENT
+from tests.serving.corpus import CSV, PARQUET, parquet
 from tests.support.registered_models import store_uri
 from tests.support.servers import thread_env
 
@@ -63,6 +64,32 @@ def test_sentiment_answers_json_and_csv(sentiment_server, http) -> None:
     assert by_csv.headers["x-model-version"] == "1"
 
 
+# Texts pandas' CSV defaults read as missing; a quoted cell with a comma and a line break; a number's digits
+NA_LIKE = ["NA", "null", "None", "nan", "NaN", "N/A", "#N/A", "n/a", "<NA>", "-nan", "great, really\nyes", "42"]
+
+
+def test_sentiment_scores_na_like_texts_sent_as_csv_or_parquet_as_it_does_json(sentiment_server, http) -> None:
+    url = f"{sentiment_server.url}/invocations"
+    by_json = http.post(url, json={"dataframe_records": [{"text": t} for t in NA_LIKE]})
+    cells = "\r\n".join('"' + t.replace('"', '""') + '"' if "," in t or "\n" in t else t for t in NA_LIKE)
+    by_csv = http.post(url, content=("\ufefftext\r\n" + cells + "\r\n").encode(), headers={"Content-Type": CSV})
+    by_parquet = http.post(url, content=parquet(text=NA_LIKE), headers={"Content-Type": PARQUET})
+    assert by_json.status_code == 200, by_json.text
+    assert by_csv.status_code == 200, by_csv.text
+    assert by_parquet.status_code == 200, by_parquet.text
+    assert by_csv.json() == by_parquet.json() == by_json.json()
+
+
+def test_forecast_answers_parquet_with_history_lists_as_it_does_json(forecast_server, http) -> None:
+    records = GOOD_FORECAST["dataframe_records"]
+    by_json = http.post(f"{forecast_server.url}/invocations", json={"dataframe_records": records})
+    by_parquet = http.post(f"{forecast_server.url}/invocations", headers={"Content-Type": PARQUET},
+                           content=parquet(series_id=[r["series_id"] for r in records],
+                                           history=[r["history"] for r in records]))
+    assert by_parquet.status_code == 200, by_parquet.text
+    assert by_parquet.json() == by_json.json()
+
+
 def test_health_version_and_metrics_describe_the_served_model(forecast_server, http, serving_project) -> None:
     health = http.get(f"{forecast_server.url}/health")
     version = http.get(f"{forecast_server.url}/version").json()
@@ -91,11 +118,8 @@ def test_missing_champion_fails_in_one_line_without_a_traceback(serving_project)
 
 @pytest.fixture
 def tracking(serving_project, monkeypatch):
-    """load_served points MLflow at the store and sets serving variables: put them back afterwards."""
+    """load_served points MLflow at the store: point it back afterwards."""
     before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    for name in ("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"):
-        monkeypatch.setenv(name, "unset-by-test")
-        monkeypatch.delenv(name)  # recorded by monkeypatch: restored (or removed) at teardown
     monkeypatch.setenv(VERIFY_KEY_ENV, str(default_key_paths(serving_project)[1]))  # the key set_champion signed with
     yield GatewayConfig("forecast", "seqops-forecast", store_uri(serving_project))
     mlflow.set_tracking_uri(before[0])
@@ -124,13 +148,8 @@ def test_fast_path_answers_what_mlflow_scoring_answers(tracking, task: str, body
                 assert value == theirs[key]
 
 
-class _NoApp:
-    async def __call__(self, scope, receive, send) -> None:  # pragma: no cover - not reached
-        raise AssertionError("nothing should be forwarded to MLflow here")
-
-
 def _stub(predict, version: str = "7") -> Served:
-    return Served(version, "run-x", ModelInputs(("text",), ("text",), ()), predict, _NoApp(), time.time())
+    return Served(version, "run-x", ModelInputs(("text",), ("text",), ()), predict, time.time())
 
 
 def _call(gateway: Gateway, body: bytes, headers: dict | None = None) -> httpx.Response:
@@ -182,3 +201,23 @@ def test_body_limit_applies_before_parsing() -> None:
     finally:
         gateway.close()
 
+
+
+def test_csv_cells_of_a_numeric_column_arrive_as_the_numbers_json_would_carry() -> None:
+    """A model with scalar number columns (a task kind of its own, not forecast's lists): a cell is an int or a float,
+    an empty optional cell a missing field (as in JSON), and a cell that is no number is refused naming its line."""
+    config = GatewayConfig("t", "m", "sqlite:///unused.db", poll_interval_s=0)
+    inputs = ModelInputs(("a", "b"), ("a",), (), (), ("a", "b"))
+    echo = Served("7", "run-x", inputs, lambda frame, params: [[type(v).__name__ for v in row]
+                                                                for row in frame.itertuples(index=False)], time.time())
+    gateway = Gateway(config, echo)
+    try:
+        answered = _call(gateway, b"a,b\r\n1,2.5\r\n-3,\r\n", {"Content-Type": "text/csv"})
+        same = _call(gateway, b'{"dataframe_records": [{"a": 1, "b": 2.5}, {"a": -3}]}')
+        assert answered.status_code == 200, answered.text
+        assert answered.json() == same.json() and answered.json()["predictions"][0] == ["int", "float"]
+        refused = _call(gateway, b"a,b\n1,2\nten,3\n", {"Content-Type": "text/csv"})
+        assert (refused.status_code, refused.json()["message"]) == \
+            (400, "text/csv line 3 (record 1): column 'a' must be a number, got 'ten'")
+    finally:
+        gateway.close()
