@@ -105,8 +105,8 @@ def test_few_origins_widen_the_interval_most_at_high_levels_and_many_origins_do_
 @pytest.mark.parametrize("value, fragment", [
     ([80, 100], "strictly between 0 and 100"), ([0], "strictly between 0 and 100"), (["80"], "list of numbers"),
     ([True], "list of numbers"), ([float("nan")], "strictly between"),
-    ([float("inf")], "between 0 and 100, got a number too large to show"), (list(range(10, 10 + 10 * (MAX_LEVELS + 1), 10)),
-                                                                         f"at most {MAX_LEVELS}")])
+    ([float("inf")], "between 0 and 100, got a number too large to show"),
+    (list(range(10, 10 + 10 * (MAX_LEVELS + 1), 10)), f"at most {MAX_LEVELS}")])
 def test_bad_levels_are_refused_naming_params_level(value: object, fragment: str) -> None:
     with pytest.raises(LevelError, match="params.level") as caught:
         parse_levels(value)
