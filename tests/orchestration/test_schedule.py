@@ -110,7 +110,9 @@ def test_a_signal_stops_the_run_in_flight_at_the_next_stage_boundary_and_the_nex
         tmp_path: Path, sig: signal.Signals, whole_group: bool) -> None:
     """Ctrl-C reaches the terminal's whole process group (the scheduler, the run, its stage subprocess); SIGTERM
     (a service manager's stop) the scheduler alone. Either way the stage in flight ends, the run stops before
-    the next one, and the schedule exits 128 + the signal with one line and no traceback."""
+    the next one, and the schedule exits 128 + the signal with one line and no traceback. The next run going
+    on from there is checked once (after SIGTERM): it is a whole retrain, and the state either signal leaves
+    is the same."""
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -139,6 +141,8 @@ def test_a_signal_stops_the_run_in_flight_at_the_next_stage_boundary_and_the_nex
     assert f"schedule stopped by {sig.name}" in output and "Traceback" not in output, output[-3000:]
     assert re.search(r"forecast\s+prepare\s+done", output) and not re.search(r"forecast\s+train", output), output
     assert "Finished in state Cancelled('stopped at a stage boundary" in output
+    if whole_group:
+        return
 
     again = subprocess.run([str(BIN / "seqops"), "run", "--task", "forecast", "--no-serve-check"], cwd=root,
                            env=env, capture_output=True, text=True, timeout=600)
