@@ -97,9 +97,12 @@ def run(
 
         with run_api(Path(os.environ["PREFECT_HOME"])):  # Prefect's API, stopped with this command
             summary = retrain(tasks=task, force=force, root=str(root))
-        if serve_check:
-            for name in summary:
-                _serve_check(root, name)
+        if serve_check:  # side by side: each is mostly an MLflow server process starting (imports), ~12 s
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=len(summary) or 1) as pool:
+                for checked in [pool.submit(_serve_check, root, name) for name in summary]:
+                    checked.result()
         params = load_params(root)
         serve = "; ".join(f"`seqops serve {name}`" for name in summary)
         session.say(f"next: `seqops ui` (MLflow UI, runs and plots); {serve} (REST on :{params.serving.port})")
