@@ -61,7 +61,7 @@ class TextKind:
     def _labels_of(self, frame: pd.DataFrame) -> list[str]:
         """The declared labels, or the sorted labels of `frame` (raw or prepared rows) when none are declared."""
         if self.spec.labels is None:
-            self._labels = sorted(frame["label"].astype(str).unique())
+            self._labels = _found_labels(frame)
         return self.labels
 
     def read_settings(self) -> dict[str, Any]:
@@ -146,7 +146,7 @@ class TextKind:
         given = self.spec
         derived: dict[str, Any] = {}
         if given.labels is None:
-            derived["labels"] = sorted(texts["label"].astype(str).unique())
+            derived["labels"] = _found_labels(texts)
         if "variants" not in given.model_fields_set:
             derived["variants"] = [v.name for v in given.variants]
         if given.training.max_epochs is None:
@@ -360,3 +360,8 @@ class TextKind:
     def _scored(metrics: dict[str, Any]) -> Scored:
         """classification_metrics' output as flat metrics, its confusion matrix kept aside for the plot."""
         return Scored({k: v for k, v in metrics.items() if k != "confusion_matrix"}, metrics["confusion_matrix"])
+
+
+def _found_labels(frame: pd.DataFrame) -> list[str]:
+    """The labels of `frame`'s rows, sorted: a task's classes when it declares none."""
+    return sorted(frame["label"].astype(str).unique())
