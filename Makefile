@@ -45,8 +45,10 @@ run: install
 	$(BIN)/seqops run
 
 # Two workers, one test module each at a time (module fixtures are built once): the end-to-end tests spend
-# much of their time waiting on servers and subprocesses, so two overlap well even on 2 cores.
-PYTEST_WORKERS := -n 2 --dist loadscope
+# much of their time waiting on servers and subprocesses, so two overlap well even on 2 cores. Modules are
+# handed out in the order tests/conftest.py gives (minutes-long ones first), not xdist's default of the
+# modules with the most tests first: that left a two-minute module to run alone at the end.
+PYTEST_WORKERS := -n 2 --dist loadscope --no-loadscope-reorder
 test: install
 	$(BIN)/pytest -q $(PYTEST_WORKERS)
 

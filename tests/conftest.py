@@ -35,10 +35,12 @@ torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules holding a slow (end-to-end) test first, each module's order kept: `make test` runs two
-    workers a module at a time, and a minutes-long module picked up last would run alone at the end."""
-    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+    """Modules holding a slow (end-to-end) test first, then heavy ones, each module's order kept: `make test`
+    runs two workers a module at a time (in this order: --no-loadscope-reorder), and a minutes-long module
+    picked up last would run alone at the end."""
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    heavy = {item.module.__name__ for item in items if item.get_closest_marker("heavy")}
+    items.sort(key=lambda item: (item.module.__name__ not in slow, item.module.__name__ not in heavy))
 
 
 # Small enough to train in seconds on 2 cores, real enough to exercise every stage on CO2.
@@ -107,6 +109,9 @@ def mlflow_store(directory: Path) -> Iterator[str]:
         yield experiment
     finally:
         mlflow.set_tracking_uri(before)
+        # MLflow has no public unset: a later test of this worker resuming a run of another store's experiment
+        # (the retrain's parent, in pipelines/orchestration/flows.py) would be refused for not matching it.
+        mlflow.tracking.fluent._active_experiment_id = None
 
 
 _DEFAULT_STORE = REPO / "mlflow.db"

@@ -35,6 +35,8 @@ from tests.support.servers import GatewayProcess, thread_env
 ARCHIVE = REPO / "tests" / "fixtures" / "legacy-layout-models.tar.gz"
 HISTORY = [330.0 + 0.05 * i for i in range(60)]
 
+pytestmark = pytest.mark.heavy  # an old MLflow store unpacked and served
+
 
 @pytest.fixture(scope="module")
 def legacy(tmp_path_factory: pytest.TempPathFactory) -> Path:
