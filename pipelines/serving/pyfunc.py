@@ -135,18 +135,31 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         torch.set_num_threads(1)
-        self.network, spec = self._load_predictor(context)
+        network, spec = self._load_predictor(context)
+        self._assemble(network, spec, Path(context.artifacts["transform"]),
+                       read_calibration(Path(context.artifacts["spec"])))
+
+    @classmethod
+    def around(cls, network: SequenceModel, spec: dict[str, Any], transform: Path) -> ForecastModel:
+        """The pyfunc of a network still in training (its weights shared, not copied), uncalibrated and
+        unregistered: what train scores on the validation origins after each epoch, as evaluate will."""
+        model = cls()
+        model._assemble(network, spec, transform, None)
+        return model
+
+    def _assemble(self, network: Any, spec: dict[str, Any], transform: Path,
+                  calibration: dict[str, Any] | None) -> None:
+        self.network = network
         self.stepper = stepper_for(self.network)  # None: not one steppable network (a baseline, an ensemble)
         # a quantile variant (several outputs per step): forecast and intervals from sample paths
         self.quantiles = self.stepper.outputs if self.stepper is not None and self.stepper.outputs > 1 else None
-        self.transform = SeriesTransform.load(Path(context.artifacts["transform"]))
+        self.transform = SeriesTransform.load(transform)
         self.limits = spec["serving"]
         self.version = registered_version(spec.get("run_id"))
         # Models logged before calendars were recorded have no frequency: they forecast without timestamps.
         self.future = FutureInputs.from_dict(spec["calendar"]) if spec.get("calendar") else None
         self.past = [c for c in self.transform.columns[1:] if not c.endswith(LEAD)]
         self.known = list(self.future.known) if self.future else []
-        calibration = read_calibration(Path(context.artifacts["spec"]))
         conformal = calibration and calibration["method"] == CONFORMAL and not self.quantiles
         self.intervals = ConformalIntervals(calibration) if conformal else None
         self.uncertainty = {"intervals": describe_quantiles(self.quantiles) if self.quantiles else

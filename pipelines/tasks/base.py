@@ -126,6 +126,12 @@ class TaskKind(Protocol):
         """Load what `pretrain` left into a variant's fresh network; returns the loaded tensor names."""
         ...
 
+    def selection_score(self, prepared: Path, variant: Variant, config: dict[str, Any], metric: str
+                        ) -> Callable[[SequenceModel], float] | None:
+        """`metric` of a network in training on the validation split, scored as evaluate will score it,
+        for train to keep the best epoch by (and stop early on); None: the one-step val_loss does."""
+        ...
+
     def log_model(self, prepared: Path, directory: Path, network: SequenceModel, config: dict[str, Any],
                   variant: Variant | None = None) -> str:
         """Log the pyfunc users will be served (network, fitted transforms, signature, input example)

@@ -216,6 +216,10 @@ class TextKind:
         return pretrain_task(root, task, self.spec, params, self.load_prepared(prepared),
                              load_encoder(encoder_path(prepared)), out)
 
+    def selection_score(self, prepared: Path, variant: Variant, config: dict[str, Any], metric: str) -> None:
+        """The one-step val_loss (cross-entropy on the validation texts) picks a classifier's epoch."""
+        return None
+
     def warm_start(self, root: Path, task: str, network: SequenceModel, variant: Variant) -> list[str]:
         """The pretrained embedding and core loaded into the variant's network (empty: none pretrained). A
         `base` variant's readout starts at zero, so before its first update it answers as its base model."""

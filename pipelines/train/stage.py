@@ -8,10 +8,11 @@ evaluate and promote know which runs and logged models this retrain produced.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import mlflow
 import pytorch_lightning as pl
@@ -65,20 +66,34 @@ class EpochProgress(pl.Callback):
                                   seconds=time.monotonic() - self.started)
 
 
+class ValidationScore(pl.Callback):
+    """Logs `name`, the task's own validation score of the network (`TaskKind.selection_score`), after each
+    validation epoch, for RestoreBestEpoch and EarlyStopping to watch instead of the one-step val_loss."""
+
+    def __init__(self, name: str, score: Callable[[SequenceModel], float]) -> None:
+        self.name, self.score = name, score
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.log(self.name, self.score(pl_module), on_epoch=True)
+
+
 class RestoreBestEpoch(pl.Callback):
-    """Keep the weights of the epoch with the lowest val_loss and load them when training ends.
+    """Keep the weights of the epoch with the lowest `monitor` and load them when training ends; the
+    epoch's val_loss too (`best_val_loss`). `mode` "max": the highest.
 
     Lightning's EarlyStopping stops but keeps the last epoch's weights, and ModelCheckpoint would
     write every improvement to disk; a copy in memory is enough for these small networks.
     """
 
-    def __init__(self) -> None:
-        self.best_loss, self.best_epoch, self.best_state = float("inf"), -1, None
+    def __init__(self, monitor: str = "val_loss", mode: str = "min") -> None:
+        self.monitor, self.mode, self.sign = monitor, mode, 1.0 if mode == "min" else -1.0
+        self.best_loss, self.best_val_loss, self.best_epoch, self.best_state = self.sign * math.inf, math.nan, -1, None
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loss = float(trainer.callback_metrics.get("val_loss", float("nan")))
-        if loss < self.best_loss:  # NaN never improves
+        loss = float(trainer.callback_metrics.get(self.monitor, math.nan))
+        if self.sign * loss < self.sign * self.best_loss:  # NaN never improves
             self.best_loss, self.best_epoch = loss, trainer.current_epoch
+            self.best_val_loss = float(trainer.callback_metrics.get("val_loss", float("nan")))
             self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -104,9 +119,9 @@ class CosineLearningRate(pl.Callback):
 
 
 def trainer_for(params: Params, spec: TaskSpec, run_id: str, root: Path, label: str,
-                health: GradientHealth, best: RestoreBestEpoch) -> pl.Trainer:
-    """The Trainer of one variant: early stopping on val_loss (the best epoch restored by `best`) and
-    the task's learning-rate schedule."""
+                health: GradientHealth, best: RestoreBestEpoch, scores: Sequence[ValidationScore] = ()) -> pl.Trainer:
+    """The Trainer of one variant: early stopping on `best.monitor` (the best epoch restored by `best`;
+    `scores` log it when it is not val_loss) and the task's learning-rate schedule."""
     schedule = [CosineLearningRate()] if spec.training.lr_schedule == "cosine" else []
     return pl.Trainer(
         max_epochs=spec.training.max_epochs,
@@ -116,8 +131,9 @@ def trainer_for(params: Params, spec: TaskSpec, run_id: str, root: Path, label: 
         strategy=params.training.strategy,
         precision=params.training.precision,
         logger=RunLogger(run_id=run_id, tracking_uri=tracking_uri(root)),
-        callbacks=[EpochProgress(label), health, best, *schedule,
-                   EarlyStopping(monitor="val_loss", patience=spec.training.patience, check_finite=False)],
+        callbacks=[EpochProgress(label), health, *scores, best, *schedule,
+                   EarlyStopping(monitor=best.monitor, mode=best.mode, patience=spec.training.patience,
+                                 check_finite=False)],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -149,10 +165,14 @@ def train_variant(root: Path, task: str, params: Params, variant: Variant, kind:
         mlflow.log_param("warm_started_tensors", len(kind.warm_start(root, task, network, variant)))
         health = GradientHealth(probe_every_n_steps=params.diagnostics.probe_every_n_steps,
                                 vanishing_threshold=params.diagnostics.vanishing_threshold)
-        best = RestoreBestEpoch()
-        trainer = trainer_for(params, spec, run_id, root, f"{task}/{variant.name}", health, best)
+        metric = params.promote.metric_for(spec.kind)
+        score = kind.selection_score(prepared, variant, config, metric.name)
+        scores = [] if score is None else [ValidationScore(f"val_forecast_{metric.name}", score)]
+        best = RestoreBestEpoch(scores[0].name, "min" if metric.goal == "minimize" else "max") if scores \
+            else RestoreBestEpoch()
+        trainer = trainer_for(params, spec, run_id, root, f"{task}/{variant.name}", health, best, scores)
         trainer.fit(network, datamodule=datamodule)
-        val_loss = best.best_loss if best.best_state is not None else float(trainer.callback_metrics["val_loss"])
+        val_loss = best.best_val_loss if best.best_state is not None else float(trainer.callback_metrics["val_loss"])
         mlflow.log_metrics({"best_epoch": best.best_epoch, "best_val_loss": val_loss,
                             "epochs_trained": trainer.current_epoch})
         log_loss_curves(run_id)

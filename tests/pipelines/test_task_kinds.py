@@ -172,6 +172,9 @@ class ToyKind:
     def warm_start(self, root: Path, task: str, network: SequenceModel, variant: Variant) -> list[str]:
         return []
 
+    def selection_score(self, prepared: Path, variant: Variant, config: dict[str, Any], metric: str) -> None:
+        return None
+
     def log_model(self, prepared: Path, directory: Path, network: SequenceModel, config: dict[str, Any],
                   variant: Variant | None = None) -> str:
         signature = ModelSignature(inputs=Schema([ColSpec(DataType.double, c) for c in COLUMNS]),
