@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -121,6 +122,29 @@ def test_orchestration_and_trainer_settings_are_validated_with_the_key_named(tmp
         load_params(tmp_path)
     assert "orchestration.task_runner.kind: Input should be 'dask' or 'sequential'" in str(error.value)
     assert "training.num_nodes: Input should be greater than 0" in str(error.value)
+
+
+def test_a_local_dask_cluster_leaves_this_process_environment_as_it_was(prefect_harness, tmp_path: Path) -> None:
+    """The stages after training are subprocesses of this process and inherit its environment, which Dask's
+    nanny writes its workers' settings into (MALLOC_TRIM_THRESHOLD_ made evaluate three times slower)."""
+    from prefect import flow, task
+
+    from pipelines.orchestration.flows import environment_kept
+
+    @task
+    def malloc_setting() -> str | None:
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+    @flow
+    def fan_out() -> list[str | None]:
+        return [future.result() for future in [malloc_setting.submit(), malloc_setting.submit()]]
+
+    runner = task_runner(TaskRunner(), variants=2, scratch=tmp_path / "dask")
+    before = dict(os.environ)
+    with environment_kept():
+        assert fan_out.with_options(task_runner=runner)() == ["65536", "65536"]  # the workers keep Dask's setting
+        assert os.environ.get("MALLOC_TRIM_THRESHOLD_") == "65536"  # and it leaked here
+    assert dict(os.environ) == before
 
 
 def test_lightning_strategy_devices_and_nodes_pass_through_from_params(tmp_path: Path) -> None:
