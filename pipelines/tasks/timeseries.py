@@ -251,6 +251,7 @@ class TimeSeriesKind:
         Training minimizes one-step errors, and the epoch with the lowest one-step val_loss was often not
         the one that forecast a horizon best: on bench/quality.py's half-hourly series (96 steps ahead) the
         GRU's best val_loss epoch forecast at MASE 1.09 and its first epoch at 0.46."""
+        from models import ModelConfig, SequenceModel
         from pipelines.serving.pyfunc import ForecastModel
 
         frame = self.load_prepared(prepared)
@@ -258,6 +259,10 @@ class TimeSeriesKind:
         transform = prepared / self.transform_file(variant)
 
         def score(network: SequenceModel) -> float:
+            if network.device.type != "cpu":  # the pyfunc forecasts on the CPU, as served: score a CPU copy
+                weights = {name: tensor.detach().cpu() for name, tensor in network.state_dict().items()}
+                network = SequenceModel(ModelConfig(**config)).eval()
+                network.load_state_dict(weights)
             model = ForecastModel.around(network, spec, transform)
 
             def forecast(rows: pd.DataFrame, horizon: int) -> tuple[list[np.ndarray], list[dict[str, Any]]]:

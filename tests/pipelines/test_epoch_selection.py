@@ -77,3 +77,26 @@ def test_a_forecast_variant_keeps_the_epoch_whose_validation_forecasts_evaluate_
     assert math.isclose(variant["validation_mae"], min(history), rel_tol=1e-5)
     assert math.isclose(entry["val_loss"], run["best_val_loss"]) and math.isfinite(entry["val_loss"])
 
+
+
+def test_a_network_training_on_a_gpu_is_scored_through_a_cpu_copy(project: Path) -> None:
+    """No GPU here: a stand-in reports a CUDA device; the pyfunc forecasts on the CPU, so the score must read
+    the weights into a CPU copy of the network (a GPU network's own weights would meet CPU inputs)."""
+    from models import ModelConfig, SequenceModel
+    from pipelines.tasks import kind_for
+    from pipelines.tasks.settings import task_spec
+
+    params, prepared = prepared_task(project, "forecast")
+    kind = kind_for(task_spec(project, "forecast", params))
+    variant = kind.spec.variants[0]
+    config = kind.model_config(variant, params, kind.datamodule(prepared, variant))
+    network = SequenceModel(ModelConfig(**config)).eval()
+
+    class OnCuda:
+        device = torch.device("cuda")
+
+        def state_dict(self) -> dict[str, torch.Tensor]:
+            return network.state_dict()
+
+    score = kind.selection_score(prepared, variant, config, "mae")
+    assert math.isfinite(score(network)) and score(OnCuda()) == score(network)
