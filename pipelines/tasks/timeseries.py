@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -264,11 +266,8 @@ class TimeSeriesKind:
                 network = SequenceModel(ModelConfig(**config)).eval()
                 network.load_state_dict(weights)
             model = ForecastModel.around(network, spec, transform)
-
-            def forecast(rows: pd.DataFrame, horizon: int) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
-                out = model.predict(None, rows, {"horizon": horizon})
-                return [np.asarray(v, dtype=np.float64) for v in out["forecast"]], [{}] * len(out)
-            return self.forecast_metrics(self.rolling_forecasts(frame, "validation", forecast))[metric]
+            loaded = SimpleNamespace(predict=partial(model.predict, None))  # as mlflow.pyfunc.load_model's: no context
+            return self.forecast_metrics(self.rolling_forecasts(frame, "validation", pyfunc_forecaster(loaded)))[metric]
         return score
 
     def log_model(self, prepared: Path, directory: Path, network: SequenceModel, config: dict[str, Any],

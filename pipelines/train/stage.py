@@ -93,7 +93,7 @@ class RestoreBestEpoch(pl.Callback):
         loss = float(trainer.callback_metrics.get(self.monitor, math.nan))
         if self.sign * loss < self.sign * self.best_loss:  # NaN never improves
             self.best_loss, self.best_epoch = loss, trainer.current_epoch
-            self.best_val_loss = float(trainer.callback_metrics.get("val_loss", float("nan")))
+            self.best_val_loss = float(trainer.callback_metrics.get("val_loss", math.nan))
             self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

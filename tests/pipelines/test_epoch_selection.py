@@ -78,7 +78,6 @@ def test_a_forecast_variant_keeps_the_epoch_whose_validation_forecasts_evaluate_
     assert math.isclose(entry["val_loss"], run["best_val_loss"]) and math.isfinite(entry["val_loss"])
 
 
-
 def test_a_network_training_on_a_gpu_is_scored_through_a_cpu_copy(project: Path) -> None:
     """No GPU here: a stand-in reports a CUDA device; the pyfunc forecasts on the CPU, so the score must read
     the weights into a CPU copy of the network (a GPU network's own weights would meet CPU inputs)."""
