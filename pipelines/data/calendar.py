@@ -23,7 +23,8 @@ WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
 
 
 def to_utc_naive(values: pd.Series) -> pd.Series:
-    """Parse timestamps; offset-stamped ones become UTC, naive ones stay as written. Unparseable: NaT.
+    """Parse timestamps; offset-stamped ones become UTC, naive ones stay as written. Unparseable, or outside
+    the nanosecond range the pipeline stores (`outside_range`): NaT.
 
     A numeric column is read as years when every value is a whole number from 1000 to 2999 (yearly
     files write `1987`, which pandas would otherwise take as nanoseconds since 1970); any other
@@ -33,8 +34,43 @@ def to_utc_naive(values: pd.Series) -> pd.Series:
         numbers = pd.to_numeric(values, errors="coerce")
         years = numbers.where((numbers % 1 == 0) & numbers.between(1000, 2999))
         text = years.map(lambda y: f"{int(y)}-01-01", na_action="ignore")
-        return pd.to_datetime(text, errors="coerce").astype("datetime64[ns]")
-    return pd.to_datetime(values, errors="coerce", utc=True).dt.tz_localize(None).astype("datetime64[ns]")
+        return _nanoseconds(pd.to_datetime(text, errors="coerce"))
+    return _nanoseconds(pd.to_datetime(values, errors="coerce", utc=True).dt.tz_localize(None))
+
+
+def _nanoseconds(parsed: pd.Series) -> pd.Series:
+    """`parsed` as datetime64[ns]: pandas parses `9999-12-31` (an open end some exports write) or a year
+    before 1677 at a coarser unit, and the cast to nanoseconds would raise OutOfBoundsDatetime on it."""
+    return parsed.where(parsed.between(pd.Timestamp.min, pd.Timestamp.max)).astype("datetime64[ns]")
+
+
+def outside_range(value: object) -> bool:
+    """Whether `value` is a timestamp that `to_utc_naive` reads as NaT only because it lies outside
+    pd.Timestamp.min .. max (1677-09-21 .. 2262-04-11), so an error can say that instead of "not a timestamp"."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    text = f"{int(value)}-01-01" if isinstance(value, (int, float)) and float(value).is_integer() else value
+    if not isinstance(text, str):
+        return False
+    try:
+        return pd.Timestamp(text) is not pd.NaT and parse_timestamp(text) is None
+    except (ValueError, OverflowError):
+        return False
+
+
+def parse_timestamp(value: object) -> pd.Timestamp | None:
+    """One timestamp string read as `to_utc_naive` reads a column (offset-stamped: UTC; naive: as written), or
+    None when it is not one. Serving parses one per forecast record: pandas' scalar parser takes microseconds
+    where `to_utc_naive` on a one-row Series took most of a millisecond guessing the column's format."""
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = pd.Timestamp(value)
+        if stamp is pd.NaT:
+            return None
+        return (stamp.tz_convert("UTC").tz_localize(None) if stamp.tz is not None else stamp).as_unit("ns")
+    except (ValueError, OverflowError):  # unparseable, or outside the nanosecond range to_utc_naive keeps
+        return None
 
 
 def frequency_error(freq: str) -> str | None:

@@ -11,7 +11,7 @@ import unicodedata
 import numpy as np
 import pandas as pd
 
-from pipelines.data.calendar import calendar_grid, first_off_grid, infer_frequency, to_utc_naive
+from pipelines.data.calendar import calendar_grid, first_off_grid, infer_frequency, outside_range, to_utc_naive
 from pipelines.errors import SeqopsError
 
 DEFAULT_SERIES = "main"
@@ -46,8 +46,11 @@ def validate_timeseries(frame: pd.DataFrame, *, timestamp: str, target: str, cov
     bad = stamps.isna()
     if bad.any():
         row = _first_row(bad)
-        raise InvalidDataError(f"{name}: column {timestamp!r} row {row}: "
-                              f"{frame[timestamp].iloc[row - 1]!r} is not a timestamp")
+        value = frame[timestamp].iloc[row - 1]
+        value = value.item() if isinstance(value, np.generic) else value  # 1500, not np.int64(1500)
+        why = (f"is outside the timestamps seqops can store ({pd.Timestamp.min:%Y-%m-%d} to {pd.Timestamp.max:%Y-%m-%d})"
+               if outside_range(value) else "is not a timestamp")
+        raise InvalidDataError(f"{name}: column {timestamp!r} row {row}: {value!r} {why}")
     out["timestamp"] = stamps.to_numpy()
 
     for column in [target, *covariates]:

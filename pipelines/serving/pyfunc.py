@@ -27,7 +27,7 @@ from mlflow.types.schema import Array, Map
 
 from models import ModelConfig, SequenceModel
 from models.inference import DeadlineExceeded, stepper_for
-from pipelines.data.calendar import to_utc_naive
+from pipelines.data.calendar import outside_range, parse_timestamp
 from pipelines.evaluate.intervals import (
     CONFORMAL,
     DEFAULT_LEVELS,
@@ -227,8 +227,11 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         if self.future is None:
             raise bad_input(f"record {index}: field 'last_timestamp' is not supported by this model (logged without a "
                        "calendar frequency)")
-        stamp = to_utc_naive(pd.Series([value if isinstance(value, str) else None])).iloc[0]
-        if pd.isna(stamp):
+        stamp = parse_timestamp(value)
+        if stamp is None and outside_range(value):
+            raise bad_input(f"record {index}: field 'last_timestamp' {value!r} is outside the timestamps a model can "
+                            f"forecast from ({pd.Timestamp.min:%Y-%m-%d} to {pd.Timestamp.max:%Y-%m-%d})")
+        if stamp is None:
             raise bad_input(f"record {index}: field 'last_timestamp' must be an ISO 8601 timestamp string, got {value!r}")
         if not self.future.on_grid(stamp):
             raise bad_input(f"record {index}: field 'last_timestamp' {value!r} is not on the model's calendar "

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.data.calendar import frequency_error, infer_frequency, to_utc_naive
+from pipelines.data.calendar import frequency_error, infer_frequency, parse_timestamp, to_utc_naive
 from pipelines.data.validate import InvalidDataError, fill_gaps, validate_timeseries
 
 
@@ -115,6 +115,25 @@ def test_a_repeated_local_hour_is_refused_with_its_row_and_why() -> None:
 def test_naive_timestamps_are_kept_as_written() -> None:
     parsed = to_utc_naive(pd.Series(["2001-01-01 12:00", "not a date"]))
     assert str(parsed.iloc[0]) == "2001-01-01 12:00:00" and pd.isna(parsed.iloc[1])
+
+
+@pytest.mark.parametrize("column, row, shown", [(["2024-01-01", "2024-01-02", "9999-12-31"], 3, "'9999-12-31'"),
+                                               ([1700, 1701, 1500], 3, "1500")])
+def test_a_timestamp_outside_the_stored_range_is_refused_naming_its_row(column: list, row: int, shown: str) -> None:
+    frame = pd.DataFrame({"date": column, "y": [1.0] * len(column)})
+    with pytest.raises(InvalidDataError, match=rf"row {row}: {shown} is outside the timestamps seqops can store "
+                                               r"\(1677-09-21 to 2262-04-11\)"):
+        validate_timeseries(frame, timestamp="date", target="y", covariates=[], series_id=None, name="t.csv")
+    assert to_utc_naive(pd.Series(column)).isna().tolist() == [False, False, True]
+
+
+@pytest.mark.parametrize("text", ["2024-06-01T00:00:00", "2024-06-01", "2024-06-01T00:00:00+02:00", "2024-06-01T05:30Z",
+                                  "2024-06-01 05:30", "June 1 2024", "2024-06", "2024", "2024-06-01T00:00:00.123456789",
+                                  "junk", "2024-13-01", "", "NaT", "9999-01-01", "1500-01-01"])
+def test_one_timestamp_parses_as_a_column_of_it_does(text: str) -> None:
+    column = to_utc_naive(pd.Series([text])).iloc[0]
+    one = parse_timestamp(text)
+    assert (one is None and pd.isna(column)) or (one == column and one.unit == "ns")
 
 
 def test_an_unknown_alias_is_named_with_examples() -> None:
