@@ -74,7 +74,8 @@ REST_NOTE_CHARS = 90  # the serve check's response, cut to one line
 
 @app.command()
 def run(
-    task: Annotated[Optional[list[str]], typer.Option("--task", "-t", help="Task(s) to run; default: all in params.yaml.")] = None,
+    task: Annotated[Optional[list[str]],
+                    typer.Option("--task", "-t", help="Task(s) to run; default: all in params.yaml.")] = None,
     force: Annotated[bool, typer.Option(help="Rerun every stage even if DVC finds it up to date.")] = False,
     serve_check: Annotated[bool, typer.Option("--serve-check/--no-serve-check",
                                               help="Serve each champion and make one REST call.")] = True,
@@ -270,7 +271,8 @@ def lineage(
     task: Annotated[str, typer.Argument(help="Task whose model to trace.")],
     version: Annotated[Optional[str], typer.Option(help="Registered version; default: the champion.")] = None,
 ) -> None:
-    """Trace a model version to its training run, data version, git commit and params, and show how to restore the data."""
+    """Trace a model version to its training run, data version, git commit and params, and show how to restore
+    the data."""
     from pipelines.registry import lineage as trace
 
     found = trace(project_root(), task, version)

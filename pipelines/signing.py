@@ -83,7 +83,8 @@ def _read(path: Path, variable: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as e:
-        raise SigningError(f"cannot read the model signing key {path} ({e.strerror}): fix the file or {variable}") from None
+        raise SigningError(f"cannot read the model signing key {path} ({e.strerror}): "
+                           f"fix the file or {variable}") from None
 
 
 def signing_key(root: Path | None = None) -> Ed25519PrivateKey:
@@ -165,7 +166,8 @@ def sign_registered(client: MlflowClient, task: str, name: str, version: str | N
     champion = _champion(client, name)
     version = str(version or champion or "")
     if not version:
-        raise SigningError(f"{name} has no `{CHAMPION}` alias: name the version to sign, `seqops sign {task} --version V`")
+        raise SigningError(f"{name} has no `{CHAMPION}` alias: name the version to sign, "
+                           f"`seqops sign {task} --version V`")
     tags = client.get_model_version(name, version).tags
     what, key = f"{name} v{version}", signing_key(root)
     with tempfile.TemporaryDirectory(prefix="seqops-sign-") as tmp:

@@ -194,12 +194,15 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         series = {column: self._values(row, index, column) for column in ["history", *self.past, *self.known]}
         lengths = {len(s) for s in series.values()}
         if len(lengths) != 1:
-            raise bad_input(f"record {index}: history and covariate lists must have the same length, got {sorted(lengths)}")
+            raise bad_input(f"record {index}: history and covariate lists must have the same length, "
+                            f"got {sorted(lengths)}")
         length = lengths.pop()
         if length < self.limits["min_history"]:
-            raise bad_input(f"record {index}: history has {length} values; at least {self.limits['min_history']} are needed")
+            raise bad_input(f"record {index}: history has {length} values; "
+                            f"at least {self.limits['min_history']} are needed")
         if length > self.limits["max_history"]:
-            raise bad_input(f"record {index}: history has {length} values; at most {self.limits['max_history']} are accepted")
+            raise bad_input(f"record {index}: history has {length} values; "
+                            f"at most {self.limits['max_history']} are accepted")
         if self.transform.positive and (series["history"] <= 0).any():
             raise bad_input(f"record {index}: field 'history' must be positive: this model forecasts the "
                             f"{self.transform.target_transform} of its target (prepare.transform)")
@@ -211,8 +214,8 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         for name, field in zip(self.known, self.future.future_fields if self.future else []):
             values = self._values(row, index, field)
             if len(values) != horizon:
-                raise bad_input(f"record {index}: field {field!r} has {len(values)} values; the horizon needs {horizon} "
-                           f"(the future values of known covariate {name!r}, one per step)")
+                raise bad_input(f"record {index}: field {field!r} has {len(values)} values; the horizon needs "
+                                f"{horizon} (the future values of known covariate {name!r}, one per step)")
             future[name] = values
         return future
 
@@ -221,8 +224,8 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         value = row.get("last_timestamp")
         if value is None or (isinstance(value, float) and math.isnan(value)):
             if self.future is not None and self.future.cycles:
-                raise bad_input(f"record {index}: field 'last_timestamp' is required: this model reads calendar features "
-                           "(send the history's last timestamp, e.g. \"2024-06-01T00:00:00\")")
+                raise bad_input(f"record {index}: field 'last_timestamp' is required: this model reads calendar "
+                                "features (send the history's last timestamp, e.g. \"2024-06-01T00:00:00\")")
             return None
         if self.future is None:
             raise bad_input(f"record {index}: field 'last_timestamp' is not supported by this model (logged without a "
@@ -232,7 +235,8 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
             raise bad_input(f"record {index}: field 'last_timestamp' {value!r} is outside the timestamps a model can "
                             f"forecast from ({pd.Timestamp.min:%Y-%m-%d} to {pd.Timestamp.max:%Y-%m-%d})")
         if stamp is None:
-            raise bad_input(f"record {index}: field 'last_timestamp' must be an ISO 8601 timestamp string, got {value!r}")
+            raise bad_input(f"record {index}: field 'last_timestamp' must be an ISO 8601 timestamp string, "
+                            f"got {value!r}")
         if not self.future.on_grid(stamp):
             raise bad_input(f"record {index}: field 'last_timestamp' {value!r} is not on the model's calendar "
                        f"(frequency {self.future.freq!r})")
@@ -273,7 +277,8 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         if self.future is None or not self.future.columns:
             return self.transform.to_inputs(raw), None  # [T', F]
         held = np.repeat(raw[-1:], horizon - 1, axis=0)  # [H - 1, 1 + P]
-        lead = self.future.request_lead(last, {k: history[k] for k in self.known}, future, length, horizon)  # [T + H - 1, L]
+        known = {k: history[k] for k in self.known}
+        lead = self.future.request_lead(last, known, future, length, horizon)  # [T + H - 1, L]
         z = self.transform.to_inputs(np.concatenate([np.concatenate([raw, held]), lead], axis=1),
                                      context=length)  # [T' + H - 1, F], window statistics of the history only
         split = length - self.transform.lost_steps
@@ -290,8 +295,8 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
             return self._sampled([ForecastRow("", history, future, last, horizon, [])], None)[0][0]
         past, ahead = self._inputs(history, future, last, horizon)
         with torch.no_grad():
-            predicted = self.network.forecast(torch.from_numpy(past).unsqueeze(0), horizon,
-                                              None if ahead is None else torch.from_numpy(ahead).unsqueeze(0))  # [1, H, 1]
+            ahead = None if ahead is None else torch.from_numpy(ahead).unsqueeze(0)  # [1, H - 1, F]
+            predicted = self.network.forecast(torch.from_numpy(past).unsqueeze(0), horizon, ahead)  # [1, H, 1]
         return self.transform.to_target(predicted[0, :, 0].numpy(), history["history"])
 
     def _forecast_rows(self, rows: list[ForecastRow], deadline: float | None) -> list[np.ndarray]:

@@ -79,7 +79,8 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
         if model_input.empty:
             raise bad_input("no records to score")
         if len(model_input) > self.limits["max_records"]:
-            raise bad_input(f"{len(model_input)} records in one request; at most {self.limits['max_records']} are accepted")
+            raise bad_input(f"{len(model_input)} records in one request; "
+                            f"at most {self.limits['max_records']} are accepted")
         limit, texts = self.limits["max_text_length"], []
         for index, text in enumerate(model_input["text"].tolist()):
             if text is None or (isinstance(text, float) and math.isnan(text)):
@@ -90,7 +91,8 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
                 raise bad_input(f"record {index}: field 'text' is empty")
             if len(text) > limit:
                 if self.limits["over_length"] == "reject":
-                    raise bad_input(f"record {index}: field 'text' has {len(text)} characters; at most {limit} are accepted")
+                    raise bad_input(f"record {index}: field 'text' has {len(text)} characters; "
+                                    f"at most {limit} are accepted")
                 text = text[:limit]
             texts.append(text)
         return texts
