@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 SERIES_FILE = "series.parquet"
 TRANSFORM_FILE = "transform.json"
+FORECAST_CALL_STEPS = 1_000_000  # history values in one call of rolling_forecasts' forecaster (~40 MB as lists)
 EXAMPLE_HISTORY_STEPS = 104  # the example REST request's history (at least min_history): two years of weekly data
 
 # request rows and a horizon -> one forecast [H] per row, and its intervals ({} when none were asked for)
@@ -319,19 +320,43 @@ class TimeSeriesKind:
     def rolling_forecasts(self, frame: pd.DataFrame, segment: str, forecaster: Forecaster) -> list[SeriesForecasts]:
         """Forecasts from every `evaluate.origin_stride`-th step inside `segment` of each series, each
         made from the whole history before its origin (the last possible origin when the segment is
-        shorter than the horizon)."""
+        shorter than the horizon).
+
+        The records of many series go to `forecaster` in one call, up to FORECAST_CALL_STEPS history values:
+        a network's pyfunc steps them as one batch (models/inference.py), where a call per series ran its
+        cell once per series, every epoch (TimeSeriesKind.selection_score); the bound keeps a task of
+        thousands of long series from building every request at once."""
         horizon, stride = self.spec.evaluate.horizon, self.spec.evaluate.origin_stride
-        runs = []
+        runs: list[SeriesForecasts] = []
+        pending: list[tuple[SeriesForecasts, pd.DataFrame]] = []  # series whose records await one call
+
+        def forecast_pending() -> None:
+            forecasts, intervals = forecaster(pd.concat([rows for _, rows in pending], ignore_index=True), horizon)
+            at = 0
+            for run, rows in pending:
+                origins = [origin for origin, _ in run.forecasts]
+                runs.append(dataclasses.replace(run, forecasts=list(zip(origins, forecasts[at:at + len(rows)])),
+                                                intervals=list(intervals[at:at + len(rows)])))
+                at += len(rows)
+            pending.clear()
+
+        steps = 0
         for sid, group in frame.groupby("series_id", sort=False):
             group = group.reset_index(drop=True)
             inside = np.flatnonzero((group["split"] == segment).to_numpy())
             first, end = int(inside[0]), int(inside[-1]) + 1
-            values = group[self.spec.target].to_numpy(dtype=np.float64)  # [T]
             origins = list(range(first, end - horizon + 1, stride)) or [max(first, end - horizon)]
-            forecasts, intervals = forecaster(self.request_rows(group, origins, horizon), horizon)
-            runs.append(SeriesForecasts(str(sid), pd.DatetimeIndex(group["timestamp"]), values,
-                                        int((group["split"] == "train").sum()), first, end,
-                                        list(zip(origins, forecasts)), intervals))
+            rows = self.request_rows(group, origins, horizon)
+            size = int(rows["history"].map(len).sum())
+            if pending and steps + size > FORECAST_CALL_STEPS:
+                forecast_pending()
+                steps = 0
+            values = group[self.spec.target].to_numpy(dtype=np.float64)  # [T]
+            pending.append((SeriesForecasts(str(sid), pd.DatetimeIndex(group["timestamp"]), values,
+                                            int((group["split"] == "train").sum()), first, end,
+                                            [(origin, values[:0]) for origin in origins]), rows))
+            steps += size
+        forecast_pending()
         return runs
 
     def forecast_metrics(self, runs: list[SeriesForecasts]) -> dict[str, float]:
@@ -403,7 +428,8 @@ class TimeSeriesKind:
         def logger(method: str) -> Callable[[Path], str]:
             def log(directory: Path) -> str:
                 signature, example = self._contract(prepared)
-                spec = {**self._served_spec(prepared), "baseline": {"method": method, "season": self.spec.prepare.season}}
+                baseline = {"method": method, "season": self.spec.prepare.season}
+                spec = {**self._served_spec(prepared), "baseline": baseline}
                 return log_baseline_pyfunc(directory, StatisticalForecastModel(), spec,
                                            {"transform": str(prepared / TRANSFORM_FILE)}, signature, example)
             return log

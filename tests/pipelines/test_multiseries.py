@@ -12,6 +12,8 @@ import pytest
 
 from pipelines.evaluate.stage import evaluate_task
 from pipelines.project import metrics_file, train_record
+from pipelines.tasks import kind_for
+from pipelines.tasks.settings import task_spec
 from pipelines.train.stage import train_task
 from tests.conftest import make_project, prepared_task, use_project
 
@@ -79,3 +81,30 @@ def test_several_series_with_a_covariate_train_evaluate_and_forecast(stores_proj
 
     with pytest.raises(mlflow.exceptions.MlflowException, match=r"missing inputs \['promo'\]"):
         model.predict(rows.drop(columns=["promo"]), params={"horizon": 5})
+
+
+def test_rolling_forecasts_send_many_series_in_one_call_and_give_each_its_own(stores_project: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipelines.tasks.timeseries as timeseries
+
+    params, prepared = prepared_task(stores_project, "stores")
+    kind = kind_for(task_spec(stores_project, "stores", params))
+    frame, calls = kind.load_prepared(prepared), []
+
+    def last_value(rows: pd.DataFrame, horizon: int) -> tuple[list[np.ndarray], list[dict]]:
+        calls.append(rows["series_id"].tolist())
+        return [np.repeat(h[-1], horizon) for h in rows["history"]], [{"row": i} for i in range(len(rows))]
+
+    together = kind.rolling_forecasts(frame, "validation", last_value)
+    assert [sorted(set(call)) for call in calls] == [["north", "south"]]  # both series' records, one call
+    assert [interval["row"] for run in together for interval in run.intervals] == list(range(8))  # in call order
+    monkeypatch.setattr(timeseries, "FORECAST_CALL_STEPS", 1)  # a call per series
+    apart = kind.rolling_forecasts(frame, "validation", last_value)
+    assert [sorted(set(call)) for call in calls[1:]] == [["north"], ["south"]]
+
+    for run, alone in zip(together, apart):
+        assert run.series_id == alone.series_id and len(run.forecasts) == len(alone.forecasts) == 4
+        for (origin, forecast), (origin_alone, forecast_alone) in zip(run.forecasts, alone.forecasts):
+            assert origin == origin_alone and np.array_equal(forecast, forecast_alone)
+            assert np.all(forecast == run.values[origin - 1])  # its own series' last value before the origin
+        assert len(run.intervals) == len(run.forecasts)
