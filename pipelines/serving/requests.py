@@ -252,8 +252,11 @@ def _csv_record(header: list[str], row: list[str], where: str, inputs: ModelInpu
 
 
 def _number(cell: str, name: str, where: str) -> int | float:
-    """A cell of a numeric column as the number JSON would carry (an integer, else a float)."""
+    """A cell of a numeric column as the number JSON would carry (an integer, else a float); Python's digit
+    grouping (`1_000`), which JSON has no spelling for, is refused with the other non-numbers."""
     try:
+        if "_" in cell:
+            raise ValueError(cell)
         return int(cell) if cell.strip().lstrip("+-").isdigit() and len(cell) <= 18 else float(cell)
     except ValueError:
         raise InputError(f"{where}: column {name!r} must be a number, got {cell[:40]!r}") from None

@@ -202,7 +202,6 @@ def test_body_limit_applies_before_parsing() -> None:
         gateway.close()
 
 
-
 def test_csv_cells_of_a_numeric_column_arrive_as_the_numbers_json_would_carry() -> None:
     """A model with scalar number columns (a task kind of its own, not forecast's lists): a cell is an int or a float,
     an empty optional cell a missing field (as in JSON), and a cell that is no number is refused naming its line."""
@@ -219,5 +218,8 @@ def test_csv_cells_of_a_numeric_column_arrive_as_the_numbers_json_would_carry() 
         refused = _call(gateway, b"a,b\n1,2\nten,3\n", {"Content-Type": "text/csv"})
         assert (refused.status_code, refused.json()["message"]) == \
             (400, "text/csv line 3 (record 1): column 'a' must be a number, got 'ten'")
+        grouped = _call(gateway, b"a,b\n1_000,2\n", {"Content-Type": "text/csv"})
+        assert (grouped.status_code, grouped.json()["message"]) == \
+            (400, "text/csv line 2 (record 0): column 'a' must be a number, got '1_000'")
     finally:
         gateway.close()
