@@ -7,10 +7,12 @@ not touch the network: both built-ins read files installed with their package.
 from __future__ import annotations
 
 import importlib.util
+import io
 from pathlib import Path
 
 import pandas as pd
 
+from pipelines.data.csv_text import CsvTextError, csv_text, ragged_line
 from pipelines.errors import SeqopsError
 
 BUILTIN_PREFIX = "builtin:"
@@ -80,51 +82,55 @@ def read_source(source: str, root: Path, strings: bool = False) -> pd.DataFrame:
 def read_table(path: Path, strings: bool = False) -> pd.DataFrame:
     """Read a CSV or Parquet file, with errors that name the file.
 
-    CSV is read as UTF-8 and, when it is not valid UTF-8, as Windows-1252 (what spreadsheets on Windows
-    save: curly quotes and the euro sign in 0x80-0x9F), else as latin-1, which decodes any byte, so such
-    a file is read rather than refused; its odd characters stay for validation and the tokenizer to see.
-    `strings`: only an empty cell is missing (text tasks: "NA", "null" or "None" is text someone wrote),
-    where pandas' default also reads those words as missing values (series tasks rely on it for "NA").
+    CSV bytes become text in pipelines/data/csv_text.py: UTF-8 (or UTF-16 with its BOM) and, when it is not
+    valid UTF-8, Windows-1252 (what spreadsheets on Windows save: curly quotes and the euro sign in
+    0x80-0x9F), else latin-1, which decodes any byte, so such a file is read rather than refused; a file
+    mixing UTF-8 with another encoding is refused naming its first other line. A carriage return alone
+    inside a line stays in its cell; a header naming a column twice is refused.
+    `strings` (text tasks): every cell is read as written, a string, and only an empty cell is missing:
+    "NA", "null" or "None" is text someone wrote, and a label `007` stays `007` whatever the other rows hold,
+    where pandas' default reads those words as missing values (series tasks rely on it for "NA") and a
+    column of numbers as numbers.
     A file that is one column named like "a;b" was written with another separator: refused, saying so.
     """
     if not path.is_file():
         raise SourceError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    missing = {"keep_default_na": False, "na_values": [""]} if strings else {}
     try:
         if suffix == ".csv":
-            for encoding in _CSV_ENCODINGS:
-                try:
-                    return _comma_separated(path, pd.read_csv(path, encoding=encoding, **missing))
-                except UnicodeDecodeError:
-                    continue
+            return _read_csv(path, strings)
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
     except SourceError:
         raise  # already names the file and the problem
-    except pd.errors.ParserError as e:
-        raise SourceError(f"{path}: cannot be read as csv: {e}{_separator_hint(path)}") from None
+    except CsvTextError as e:
+        raise SourceError(f"{path}: cannot be read as csv: {e}") from None
     except (ValueError, OSError) as e:
         raise SourceError(f"{path}: cannot be read as {suffix[1:]}: {e}") from None
     raise SourceError(f"{path}: unsupported format {suffix!r}; use .csv or .parquet")
 
 
-_CSV_ENCODINGS = ("utf-8", "cp1252", "latin-1")  # latin-1 last: it decodes any byte
+def _read_csv(path: Path, strings: bool) -> pd.DataFrame:
+    text = csv_text(path)
+    as_written = {"dtype": str, "keep_default_na": False, "na_values": [""]} if strings else {}
+    try:
+        frame = pd.read_csv(io.StringIO(text), lineterminator="\n", **as_written)
+    except pd.errors.ParserError as e:
+        where = ragged_line(text)
+        raise SourceError(f"{path}: cannot be read as csv: {where or e}{_separator_hint(text)}") from None
+    if len(frame.columns) == 1 and (hint := _separator_hint(text)):
+        raise SourceError(f"{path}: one column {str(frame.columns[0])!r}{hint}")
+    return frame
+
+
 _OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "bars"}
 
 
-def _separator_hint(path: Path) -> str:
+def _separator_hint(text: str) -> str:
     """`: it looks separated by semicolons ...` when the header line has another separator and no comma."""
-    with path.open("rb") as handle:
-        header = handle.readline().decode("utf-8", errors="replace")
+    header = text.split("\n", 1)[0]
     for separator, name in _OTHER_SEPARATORS.items():
         if separator in header and "," not in header:
             return (f"; its header line is separated by {name}, and seqops reads .csv files separated by commas: "
                     f"save it with commas (or as Parquet)")
     return ""
-
-
-def _comma_separated(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
-    if len(frame.columns) == 1 and (hint := _separator_hint(path)):
-        raise SourceError(f"{path}: one column {str(frame.columns[0])!r}{hint}")
-    return frame

@@ -6,6 +6,7 @@ spreadsheet does below its header), because the person reading it has to go and 
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 import numpy as np
@@ -158,12 +159,16 @@ def _short(value: object, width: int = 60) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+_WHOLE_DECIMAL = re.compile(r"-?\d+\.0+")
+
+
 def _label(value: object) -> str | None:
-    """A label cell as a string: strings without surrounding spaces, integers (a CSV of 0/1 labels) by their
-    digits, whole floats too (pandas reads an integer column with one blank cell as floats); None for a blank
-    cell or anything else."""
+    """A label cell as a string: strings without surrounding spaces, integers (a Parquet column of 0/1 labels)
+    by their digits, whole floats too, in a string (`4.0`, what pandas writes for an integer column with one
+    blank cell) or not; None for a blank cell or anything else. Each cell by itself: `007` stays `007`."""
     if isinstance(value, str):
-        return value.strip() or None
+        value = value.strip()
+        return (value.split(".")[0] if _WHOLE_DECIMAL.fullmatch(value) else value) or None
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():

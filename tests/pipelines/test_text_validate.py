@@ -172,6 +172,58 @@ def test_words_pandas_reads_as_missing_stay_text_in_a_text_table(tmp_path: Path)
     assert read_table(path)["text"].isna().all()  # series tables: "NA" is a missing value
 
 
+def test_a_lone_carriage_return_stays_inside_its_cell(tmp_path: Path) -> None:
+    """pandas' to_csv writes a text holding a lone CR unquoted; read by path, pandas ended the row there."""
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame({"stars": ["positive", "negative"], "review": ["super\rb nice", "fine"]}).to_csv(path, index=False)
+    assert b"super\rb nice\n" in path.read_bytes()  # unquoted: what made the row break
+    frame = read_table(path, strings=True)
+    assert frame.to_dict("records") == [{"stars": "positive", "review": "super\rb nice"},
+                                        {"stars": "negative", "review": "fine"}]
+    path.write_bytes(b"stars,review\r\npositive,super\rb nice\r\nnegative,\"two\r\nlines\"\r\n")
+    assert read_table(path, strings=True)["review"].tolist() == ["super\rb nice", "two\nlines"]
+    path.write_bytes(b"stars,review\rpositive,good\rnegative,bad\r")  # carriage returns only: an old Mac export
+    assert read_table(path, strings=True)["review"].tolist() == ["good", "bad"]
+
+
+def test_a_file_mixing_utf8_with_another_encoding_is_refused_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.csv"
+    path.write_bytes(b"body,rating\nutf8 caf\xc3\xa9 good,5\ncp1252 caf\xe9 bad,1\n")
+    with pytest.raises(SourceError, match=r"line 3 is not UTF-8 \(b'\\xe9'\) where other lines are: the file mixes "
+                                          r"encodings; re-save it as UTF-8"):
+        read_table(path, strings=True)
+
+
+def test_a_utf16_csv_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame({"review": ["caf\xe9 \U0001F600"], "stars": ["5"]}).to_csv(path, index=False, encoding="utf-16")
+    assert read_table(path, strings=True).to_dict("records") == [{"review": "caf\xe9 \U0001F600", "stars": "5"}]
+
+
+def test_a_column_named_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.csv"
+    path.write_text("review,stars,stars\nhello,positive,negative\n")
+    with pytest.raises(SourceError, match=r"the header names column 'stars' more than once"):
+        read_table(path, strings=True)
+
+
+def test_a_ragged_row_is_named_by_its_line_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.csv"
+    path.write_text('text,label\n"one\nquoted",a\n"two\nquoted",b\nfine,a\nbad,row,here\n')
+    with pytest.raises(SourceError, match=r"line 7 has 3 fields where the header has 2"):
+        read_table(path, strings=True)
+
+
+def test_text_task_cells_are_read_as_written_whatever_the_other_rows_hold(tmp_path: Path) -> None:
+    """A column of numbers read as numbers made `007` the label 7 in one file and `007` in another."""
+    path = tmp_path / "codes.csv"
+    for other in ("1e3", "topic_a"):
+        path.write_text(f"body,rating\n12,007\ncode b,{other}\ncode c,4.0\n")
+        frame = validate_text(read_table(path, strings=True), text="body", label="rating", labels=None,
+                              duplicates="keep", name="codes.csv")[0]
+        assert frame["label"].tolist() == ["007", other, "4"] and frame["text"].tolist()[0] == "12"
+
+
 @pytest.mark.parametrize("separator", [";", "\t"])
 def test_a_csv_with_another_separator_is_refused_saying_so(tmp_path: Path, separator: str) -> None:
     path = tmp_path / "reviews.csv"
