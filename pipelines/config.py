@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import AfterValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
 
 from models.rules import check_dropout, check_memory_steps, check_tbptt_window
 from pipelines.config_base import ConfigError, PositiveInt, _Strict
@@ -324,6 +324,12 @@ class TextServing(_Strict):
     max_records: PositiveInt = 1000
 
 
+def _label_name(value: Any) -> Any:
+    """A whole-number label written bare in params.yaml (`labels: [1, 2, 3]`) as the string a data file's
+    `1` becomes at ingest; anything else as written, for the str check to judge."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 class TextTask(_Strict):
     """A classification task over labelled text: a table with a text column and a label column.
 
@@ -338,7 +344,7 @@ class TextTask(_Strict):
     source: str
     text: str = "text"
     label: str = "label"
-    labels: Annotated[list[str], Field(min_length=2)] | None = None
+    labels: Annotated[list[Annotated[str, BeforeValidator(_label_name)]], Field(min_length=2)] | None = None
     unlabelled: str | None = None
     duplicates: Literal["keep", "drop"] = "drop"
     prepare: TextPrepare = TextPrepare()
@@ -350,6 +356,8 @@ class TextTask(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TextTask":
+        if self.text == self.label:
+            raise ValueError(f"text and label both name column {self.text!r}: the labels need a column of their own")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels must be unique, got {self.labels}")
         if quantile := [v.name for v in self.variants if v.quantiles]:

@@ -76,3 +76,19 @@ def test_override_of_a_section_left_at_its_defaults_creates_it_and_a_wrong_key_n
 def test_unknown_task_lists_the_defined_ones() -> None:
     with pytest.raises(ConfigError, match=r"unknown task 'weather'.*forecast"):
         load_params(REPO).task("weather")
+
+
+def test_whole_number_labels_in_params_are_the_strings_ingest_reads(tmp_path: Path) -> None:
+    reviews = {"kind": "text", "source": "stars.csv", "text": "body", "label": "rating"}
+    path = _write(tmp_path, lambda r: r["tasks"].update(stars={**reviews, "labels": [1, 2, 3, 4, 5]}))
+    assert load_params(path).tasks["stars"].labels == ["1", "2", "3", "4", "5"]
+    path = _write(tmp_path, lambda r: r["tasks"].update(stars={**reviews, "labels": [True, False]}))
+    with pytest.raises(ConfigError, match=r"tasks\.stars\.labels\.0: Input should be a valid string"):
+        load_params(path)
+
+
+def test_text_and_label_naming_one_column_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, lambda r: r["tasks"].update(
+        stars={"kind": "text", "source": "stars.csv", "text": "body", "label": "body"}))
+    with pytest.raises(ConfigError, match=r"text and label both name column 'body': the labels need a column of"):
+        load_params(path)
