@@ -9,6 +9,7 @@ data.dvc untouched.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from pipelines.config import Params
 from pipelines.data.atomic import write_atomic
@@ -18,7 +19,18 @@ from pipelines.project import raw_path
 from pipelines.tasks import kind_for
 
 
-def ingest(task: str, params: Params, root: Path, source_file: Path | None = None) -> Path:
+class Ingested(NamedTuple):
+    path: Path                # data/<task>/raw.parquet
+    dropped: dict[str, int]   # rows dropped by the kind's documented rules, by reason ({} or zeros: none)
+
+    @property
+    def note(self) -> str:
+        """`dropped empty 1, conflicting 2` for the run's ingest line; empty when nothing was dropped."""
+        counts = [f"{reason.removeprefix('dropped_')} {count}" for reason, count in self.dropped.items() if count]
+        return f"rows dropped: {', '.join(counts)}" if counts else ""
+
+
+def ingest(task: str, params: Params, root: Path, source_file: Path | None = None) -> Ingested:
     """Validate the task's source (or `source_file`) and write it as the task's raw data.
 
     The task kind validates it and reports rows dropped by its documented rules. Raises
@@ -39,4 +51,4 @@ def ingest(task: str, params: Params, root: Path, source_file: Path | None = Non
     write_atomic(clean, path)
     if source_file is None:
         write_record(root, task, fingerprint(spec.source, root, kind.read_settings()))
-    return path
+    return Ingested(path, dropped)

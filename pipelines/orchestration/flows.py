@@ -78,8 +78,7 @@ def version_data(root: str, task_names: list[str]) -> dict[str, str]:
         if reason is not None:
             logger.info("ingesting %s from %s: %s", task_name, source, reason)
             with console.timed(task_name, "ingest") as step:
-                ingest.ingest(task_name, params, path)
-                step.note = reason
+                step.note = "; ".join(filter(None, [reason, ingest.ingest(task_name, params, path).note]))
     remote = versioning.use_remote_from_env(path)
     with console.timed("data", "version") as step:
         version = versioning.track(path)

@@ -241,8 +241,9 @@ def test_a_third_kind_runs_through_every_stage_without_editing_them(toy_project:
         Variant(name="tiny", cell="gru", hidden_size=4, lr=0.05)])})
     spec = params.task("toy")
 
-    ingest("toy", params, root)
+    ingested = ingest("toy", params, root)
     assert len(pd.read_parquet(raw_path(root, "toy"))) == 199  # the kind's rule dropped the NaN row
+    assert ingested.note == "rows dropped: incomplete 1"  # what `seqops run`'s ingest line says
     versioning.track(root)
     new = pd.concat([_toy_rows(200, seed=0).iloc[1:6], _toy_rows(20, seed=1).iloc[1:]])  # 5 repeats, 19 new
     file = tmp_path / "more.csv"
