@@ -162,6 +162,11 @@ class Gateway:
             await _respond(send, 415, error_body(f"charset {charset!r} is not supported: send UTF-8",
                                                  UNSUPPORTED_MEDIA_TYPE))
             return
+        coding = headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
+        if coding not in ("", "identity"):
+            await _respond(send, 415, error_body(f"Content-Encoding {coding!r} is not supported: send the body "
+                                                 "uncompressed", UNSUPPORTED_MEDIA_TYPE))
+            return
         if mime in (JSON, CSV, PARQUET):
             status, payload = await (self._score(served, body, deadline, mime) if served.scorer is not None
                                      else self._predict(served, body, mime))

@@ -168,7 +168,8 @@ def _params(params: Any, inputs: ModelInputs) -> dict[str, Any] | None:
     if params is None:
         return None
     if not isinstance(params, dict):
-        raise InputError(f"params must be a JSON object such as {{\"horizon\": 12}}, got {_kind(params)}")
+        example = f"{{\"{inputs.params[0]}\": ...}}" if inputs.params else "{} (this model takes no params)"
+        raise InputError(f"params must be a JSON object such as {example}, got {_kind(params)}")
     for name in params:
         if name not in inputs.params:
             takes = f"takes {', '.join(inputs.params)}" if inputs.params else "takes no params"

@@ -181,6 +181,8 @@ def sentiment_cases() -> list[Case]:
         Case("too-many-records", _records(*[good] * 101), JSON, 400, "101 records in one request; at most 100"),
         Case("params-for-a-model-without-params", _records(good, params={"horizon": 3}), JSON, 400,
              "unknown param 'horizon': this model takes no params"),
+        Case("params-a-list-for-a-model-without-params", _records(good, params=[1]), JSON, 400,
+             "params must be a JSON object such as {} (this model takes no params), got a list"),
         Case("columnar-scalar", _json({"inputs": {"text": "great"}}), JSON, 400, "inputs.text must be a list"),
         Case("csv-extra-column", b"text,label\ngreat,positive\n", CSV, 400, "unknown field 'label'"),
         Case("csv-wrong-column", b"review\ngreat\n", CSV, 400, "unknown field 'review'"),

@@ -5,6 +5,7 @@ reload safety, and the same predictions as MLflow's own scoring path."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 import shutil
@@ -198,6 +199,24 @@ def test_body_limit_applies_before_parsing() -> None:
     try:
         response = _call(gateway, b'{"dataframe_records": [{"text": "' + b"x" * 200 + b'"}]}')
         assert response.status_code == 413 and "at most 100" in response.json()["message"]
+    finally:
+        gateway.close()
+
+
+def test_a_compressed_body_is_refused_naming_its_content_encoding() -> None:
+    """It was decoded as if plain: "the request body is not UTF-8 encoded JSON", a 400 that hid the cause."""
+    config = GatewayConfig("t", "m", "sqlite:///unused.db", poll_interval_s=0)
+    echo = Served("7", "run-x", ModelInputs(("text",), ("text",), ()), lambda frame, params: [[1]] * len(frame),
+                  time.time())
+    gateway = Gateway(config, echo)
+    try:
+        body = b'{"dataframe_records": [{"text": "fine"}]}'
+        refused = _call(gateway, gzip.compress(body), {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        assert (refused.status_code, refused.json()) == (415, {
+            "error_code": "UNSUPPORTED_MEDIA_TYPE",
+            "message": "Content-Encoding 'gzip' is not supported: send the body uncompressed"})
+        plain = _call(gateway, body, {"Content-Type": "application/json", "Content-Encoding": "identity"})
+        assert plain.status_code == 200, plain.text
     finally:
         gateway.close()
 
