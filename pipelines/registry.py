@@ -194,7 +194,8 @@ def promote(root: Path, task: str, params: Params, rescore, split: str | None = 
     `split` says how this retrain drew its holdout (TaskKind.holdout_split; None where the kind does not
     track it). A champion whose splits were drawn otherwise (another seed or fractions, or from before the
     tag) may have trained on this holdout: its score there would be inflated for good, and it would never
-    be replaced, so it is not compared; nor is one that reads an input today's data lacks (`_not_comparable`).
+    be replaced, so it is not compared; nor is one that reads an input today's data lacks (`_not_comparable`),
+    nor one that refuses this holdout's requests (data moved to another calendar: month ends after month starts).
     The candidate must still beat the baseline. A version of the same candidate that a crashed promote
     registered without a decision is decided on rather than registered again.
     """
@@ -210,7 +211,14 @@ def promote(root: Path, task: str, params: Params, rescore, split: str | None = 
     version = undecided[0] if undecided else str(mlflow.register_model(entry["model_uri"], name).version)
     current = champion_version(client, name)
     not_compared = _not_comparable(client, name, current, split, entry["model_uri"]) if current is not None else None
-    champion_score = rescore(f"models:/{name}@{CHAMPION}") if current is not None and not not_compared else None
+    champion_score = None
+    if current is not None and not not_compared:
+        try:
+            champion_score = rescore(f"models:/{name}@{CHAMPION}")
+        except MlflowException as e:
+            if e.error_code != "INVALID_PARAMETER_VALUE":  # a refused request, not a failure to score
+                raise
+            not_compared = f"champion v{current} refuses this retrain's holdout ({e.message})"
     promoted, reason = baseline_check(entry["type"], scores, metric.name, metric.goal)
     if promoted:
         promoted, reason = coverage_check(scores, params.promote.coverage_floor)

@@ -9,6 +9,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from typer.testing import CliRunner
 
@@ -128,6 +129,29 @@ def test_a_champion_reading_an_input_the_data_no_longer_has_is_not_compared(stor
     _candidate(store, 0.9, inputs=("history", "humidity"))  # a candidate reading more than the champion: compared
     decision = registry.promote(store, "forecast", load_params(store), rescore=lambda uri: rescored.append(uri) or 0.1)
     assert not decision.promoted and rescored == ["models:/seqops-forecast@champion"]
+
+
+def test_a_champion_that_refuses_this_holdouts_requests_is_not_compared(store: Path) -> None:
+    """Data moved from month starts to month ends: the champion refused every holdout record as off its calendar,
+    and promote crashed on every retrain, leaving an undecided version each time."""
+    _promote(store, candidate=1.0, champion=math.nan)
+
+    def off_calendar(uri: str) -> float:
+        raise MlflowException.invalid_parameter_value("record 0: field 'last_timestamp' '2018-08-31T00:00:00' is not "
+                                                      "on the model's calendar (frequency 'MS')")
+    _candidate(store, 0.9)
+    decision = registry.promote(store, "forecast", load_params(store), rescore=off_calendar)
+    assert decision.promoted and _champion(store) == "2"
+    assert decision.reason == ("champion v1 refuses this retrain's holdout (record 0: field 'last_timestamp' "
+                               "'2018-08-31T00:00:00' is not on the model's calendar (frequency 'MS')), so it is not "
+                               "compared; the candidate beats the baseline")
+
+    def broken(uri: str) -> float:
+        raise MlflowException("the artifact store is unreachable")
+    _candidate(store, 0.8)
+    with pytest.raises(MlflowException, match="unreachable"):  # not a refusal: the promote fails, to run again
+        registry.promote(store, "forecast", load_params(store), rescore=broken)
+    assert _champion(store) == "2"
 
 
 def test_a_promote_that_failed_after_registering_is_decided_by_the_next_run(store: Path) -> None:
