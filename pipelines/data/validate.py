@@ -42,7 +42,14 @@ def validate_timeseries(frame: pd.DataFrame, *, timestamp: str, target: str, cov
             raise InvalidDataError(f"{name}: missing column {column!r} (found columns: {list(frame.columns)})")
 
     out = pd.DataFrame(index=frame.index)
-    out["series_id"] = frame[series_id].astype(str) if series_id else DEFAULT_SERIES
+    if series_id:
+        ids = frame[series_id].map(_series_name)
+        if (blank := ids.isna()).any():
+            raise InvalidDataError(f"{name}: column {series_id!r} row {_first_row(blank)}: no series id (a blank "
+                                   "cell); every row needs the id of its series")
+        out["series_id"] = ids
+    else:
+        out["series_id"] = DEFAULT_SERIES
     stamps = to_utc_naive(frame[timestamp])
     bad = stamps.isna()
     if bad.any():
@@ -65,6 +72,12 @@ def validate_timeseries(frame: pd.DataFrame, *, timestamp: str, target: str, cov
         if infinite.any():
             row = _first_row(infinite)
             raise InvalidDataError(f"{name}: column {column!r} row {row}: infinite value")
+        huge = (values.abs() > MAX_MAGNITUDE).to_numpy()
+        if huge.any():
+            row = _first_row(huge)
+            raise InvalidDataError(f"{name}: column {column!r} row {row}: {values.iloc[row - 1]:g} is too large to "
+                                   f"learn from (at most {MAX_MAGNITUDE:.0e} in magnitude: its statistics overflow); "
+                                   "rescale the column")
         out[column] = values.astype("float64")
         if out[column].isna().all():
             raise InvalidDataError(f"{name}: column {column!r} has no values at all")
@@ -72,6 +85,10 @@ def validate_timeseries(frame: pd.DataFrame, *, timestamp: str, target: str, cov
     for sid, group in out.groupby("series_id", sort=False):
         diffs = group["timestamp"].diff().iloc[1:]
         where = f" (series {sid!r})" if series_id else ""
+        if group[target].isna().all():
+            raise InvalidDataError(f"{name}: column {target!r} has no values in series {sid!r} (rows "
+                                   f"{group.index[0] + 1} to {group.index[-1] + 1} are blank there): fill the series "
+                                   "or remove its rows")
         duplicate = (diffs == pd.Timedelta(0)).to_numpy()
         if duplicate.any():
             row = int(group.index[np.flatnonzero(duplicate)[0] + 1]) + 1
@@ -88,6 +105,7 @@ def validate_timeseries(frame: pd.DataFrame, *, timestamp: str, target: str, cov
     return out.reset_index(drop=True)
 
 
+MAX_MAGNITUDE = 1e100  # a series value beyond it: scaling statistics (squares, sums of squares) overflow float64
 MAX_GAP_SHARE_FACTOR = 2  # a grid may be at most twice as long as the series' timestamps: at most half gaps
 IRREGULAR_SHARE = 0.9  # an inferred grid holding fewer of the timestamps than this: the file is not on a grid
 
@@ -152,6 +170,16 @@ def fill_gaps(frame: pd.DataFrame, value_columns: list[str], method: str, freq: 
 
 DUPLICATE_POLICIES = ("keep", "drop")
 _SHOWN_ROWS = 5
+
+
+def _series_name(value: object) -> str | None:
+    """A series id cell as the name the series goes by: surrounding spaces dropped, a whole float by its digits
+    (a numeric id column with one blank cell reads as floats: `1.0` is series `1`); None for a blank cell."""
+    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)) or value is pd.NA:
+        return None
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value).strip() or None
 
 
 def _short(value: object, width: int = 60) -> str:

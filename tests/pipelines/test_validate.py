@@ -55,6 +55,40 @@ def test_unparseable_timestamp_is_named() -> None:
         _validate(bad)
 
 
+def _stores(ids: list, values: list) -> pd.DataFrame:
+    dates = pd.date_range("2020-01-04", periods=3, freq="W-SAT").astype(str).tolist()
+    return pd.DataFrame({"store": ids, "date": dates * (len(ids) // 3), "co2": values})
+
+
+def _validate_stores(frame: pd.DataFrame) -> pd.DataFrame:
+    return validate_timeseries(frame, timestamp="date", target="co2", covariates=[], series_id="store", name="f.csv")
+
+
+def test_a_blank_series_id_is_refused_naming_its_row() -> None:
+    """It was read as the series 'nan' and dropped at prepare without a word."""
+    with pytest.raises(InvalidDataError, match=r"column 'store' row 5: no series id \(a blank cell\)"):
+        _validate_stores(_stores(["a", "a", "a", "b", None, "b"], [1.0] * 6))
+
+
+def test_series_ids_are_named_as_written_without_spaces_or_a_float_point() -> None:
+    """A numeric id column with one blank cell read as floats, so series '1' became '1.0' beside an earlier '1'."""
+    frame = _validate_stores(_stores([1.0, 1.0, 1.0, " b", "b ", "b"], [1.0] * 6))
+    assert frame["series_id"].tolist() == ["1"] * 3 + ["b"] * 3
+
+
+def test_a_series_without_values_is_refused_naming_it() -> None:
+    """Training on it raised a NaN loss (GradientExplosionError) after ingest and prepare had both passed."""
+    with pytest.raises(InvalidDataError, match=r"column 'co2' has no values in series 'b' \(rows 4 to 6 are blank"):
+        _validate_stores(_stores(["a", "a", "a", "b", "b", "b"], [1.0, 2.0, 3.0, None, None, None]))
+
+
+def test_a_value_whose_statistics_overflow_is_refused() -> None:
+    bad = GOOD.copy()
+    bad.loc[4, "co2"] = 1e200
+    with pytest.raises(InvalidDataError, match=r"column 'co2' row 5: 1e\+200 is too large to learn from"):
+        _validate(bad)
+
+
 def test_gaps_are_kept_as_nan_and_filled_by_interpolation() -> None:
     clean = _validate(GOOD.drop(index=4))
     assert clean["co2"].isna().sum() == 1
