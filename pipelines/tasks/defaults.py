@@ -148,7 +148,8 @@ def resolve(spec: TimeSeriesTask, raw: pd.DataFrame) -> tuple[TimeSeriesTask, di
     top = {"freq": spec.freq, "horizon": spec.horizon or spec.evaluate.horizon}
     pick(top, "", "freq", freq)
     season = pick(prepare, "prepare", "season", season)
-    horizon = pick(top, "", "horizon", _bounded(horizon, 1, min(MAX_HORIZON, max(1, shortest // 10))))
+    cap = min(MAX_HORIZON, spec.serving.max_horizon or MAX_HORIZON)  # a horizon the served model refuses: none
+    horizon = pick(top, "", "horizon", _bounded(horizon, 1, min(cap, max(1, shortest // 10))))
     horizon = pick(evaluate, "evaluate", "horizon", horizon)
     holdout = pick(prepare, "prepare", "holdout", _bounded(max(2 * horizon, season), horizon,
                                                            max(horizon, shortest // 5)))
@@ -161,6 +162,11 @@ def resolve(spec: TimeSeriesTask, raw: pd.DataFrame) -> tuple[TimeSeriesTask, di
     stride = pick(prepare, "prepare", "stride", max(1, window // 8))
     pick(serving, "serving", "default_horizon", horizon)
     pick(serving, "serving", "max_horizon", HORIZON_SEASONS * horizon)
+    for key, value in (("horizon", horizon), ("serving.default_horizon", serving["default_horizon"])):
+        if value > serving["max_horizon"]:
+            raise ConfigError(f"{key} ({value}{', derived' if key in derived else ''}) is above serving.max_horizon "
+                              f"({serving['max_horizon']}): the model would refuse its own forecasts; raise "
+                              f"serving.max_horizon or lower {key}")
     pick(training, "training", "max_epochs",
          _epochs([n - prepare["holdout"] - prepare["validation"] for n in lengths], window, stride,
                  training["batch_size"], training["mode"] == "stateful"))

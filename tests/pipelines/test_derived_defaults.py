@@ -58,6 +58,19 @@ def test_a_max_history_below_the_derived_min_history_is_a_config_error_naming_it
         resolve(TimeSeriesTask.model_validate(given), monthly(240))
 
 
+def test_a_max_horizon_bounds_the_derived_horizon_and_an_explicit_one_above_it_is_a_config_error() -> None:
+    """serving.max_horizon 1 with a derived horizon of 18 passed, and train crashed logging its own example."""
+    spec, derived = resolve(TimeSeriesTask.model_validate({**FIVE_LINES, "serving": {"max_horizon": 1}}), monthly(240))
+    assert (spec.evaluate.horizon, spec.serving.default_horizon, derived["horizon"]) == (1, 1, 1)
+    given = {**FIVE_LINES, "horizon": 6, "serving": {"max_horizon": 4}}
+    with pytest.raises(ConfigError, match=r"horizon \(6\) is above serving\.max_horizon \(4\): the model "
+                                          r"would refuse its own forecasts"):
+        resolve(TimeSeriesTask.model_validate(given), monthly(240))
+    given = {**FIVE_LINES, "serving": {"max_horizon": 4, "default_horizon": 5}}
+    with pytest.raises(ConfigError, match=r"serving\.default_horizon \(5\) is above serving\.max_horizon \(4\)"):
+        resolve(TimeSeriesTask.model_validate(given), monthly(240))
+
+
 def test_a_short_series_bounds_the_horizon_splits_and_window() -> None:
     spec, _ = resolve(TimeSeriesTask.model_validate(FIVE_LINES), monthly(60))
     assert spec.evaluate.horizon == 6 and spec.prepare.holdout == 12
