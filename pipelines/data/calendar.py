@@ -14,6 +14,10 @@ mixing offsets (a daylight-saving change exported as +01:00 then +02:00) lands o
 
 from __future__ import annotations
 
+import datetime
+import re
+import warnings
+
 import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
@@ -22,12 +26,19 @@ MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", 
 WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
 
 
+_ISO_8601 = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?",
+                       re.IGNORECASE)
+
+
 def to_utc_naive(values: pd.Series) -> pd.Series:
     """Parse timestamps; offset-stamped ones become UTC, naive ones stay as written. Unparseable, or outside
     the nanosecond range the pipeline stores (`outside_range`): NaT.
 
-    A numeric column is read as years when every value is a whole number from 1000 to 2999 (yearly
-    files write `1987`, which pandas would otherwise take as nanoseconds since 1970); any other
+    pandas fixes a column's format from its first value, so `2009-04-01 00:00:00` among `2009-04-01` rows,
+    or an offset-stamped value after naive ones, would be NaT: values the inferred format misses are read
+    again as ISO 8601 in any of its forms (never by guessing, which would read `13/01` day-first after
+    `12/01` month-first). A numeric column is read as years when every value is a whole number from 1000 to
+    2999 (yearly files write `1987`, which pandas would otherwise take as nanoseconds since 1970); any other
     number is not a timestamp.
     """
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
@@ -35,7 +46,13 @@ def to_utc_naive(values: pd.Series) -> pd.Series:
         years = numbers.where((numbers % 1 == 0) & numbers.between(1000, 2999))
         text = years.map(lambda y: f"{int(y)}-01-01", na_action="ignore")
         return _nanoseconds(pd.to_datetime(text, errors="coerce"))
-    return _nanoseconds(pd.to_datetime(values, errors="coerce", utc=True).dt.tz_localize(None))
+    with warnings.catch_warnings():  # "Could not infer format ...": a column of non-ISO strings, read one by one
+        warnings.filterwarnings("ignore", message="Could not infer format", category=UserWarning)
+        parsed = pd.to_datetime(values, errors="coerce", utc=True)
+        missed = parsed.isna() & values.map(lambda v: isinstance(v, str) and bool(v.strip()))
+        if missed.any():
+            parsed[missed] = pd.to_datetime(values[missed], errors="coerce", utc=True, format="ISO8601")
+    return _nanoseconds(parsed.dt.tz_localize(None))
 
 
 def _nanoseconds(parsed: pd.Series) -> pd.Series:
@@ -47,6 +64,10 @@ def _nanoseconds(parsed: pd.Series) -> pd.Series:
 def outside_range(value: object) -> bool:
     """Whether `value` is a timestamp that `to_utc_naive` reads as NaT only because it lies outside
     pd.Timestamp.min .. max (1677-09-21 .. 2262-04-11), so an error can say that instead of "not a timestamp"."""
+    if isinstance(value, (np.datetime64, datetime.date)):  # a Parquet timestamp column's cell
+        stamp = pd.Timestamp(value)
+        stamp = stamp.tz_convert(None) if stamp.tz is not None else stamp
+        return not pd.Timestamp.min <= stamp <= pd.Timestamp.max
     if isinstance(value, np.generic):
         value = value.item()
     text = f"{int(value)}-01-01" if isinstance(value, (int, float)) and float(value).is_integer() else value
@@ -59,10 +80,12 @@ def outside_range(value: object) -> bool:
 
 
 def parse_timestamp(value: object) -> pd.Timestamp | None:
-    """One timestamp string read as `to_utc_naive` reads a column (offset-stamped: UTC; naive: as written), or
-    None when it is not one. Serving parses one per forecast record: pandas' scalar parser takes microseconds
-    where `to_utc_naive` on a one-row Series took most of a millisecond guessing the column's format."""
-    if not isinstance(value, str):
+    """One ISO 8601 timestamp string (a date, a time to the minute or finer, an offset or `Z`) read as
+    `to_utc_naive` reads a column (offset-stamped: UTC; naive: as written), or None when it is not one:
+    what a forecast request's `last_timestamp` must be (`08/01/2021` would be read month-first, whatever the
+    client meant). pandas' scalar parser takes microseconds where `to_utc_naive` on a one-row Series took
+    most of a millisecond guessing the column's format, once per forecast record."""
+    if not isinstance(value, str) or not _ISO_8601.fullmatch(value.strip()):
         return None
     try:
         stamp = pd.Timestamp(value)

@@ -55,10 +55,15 @@ class FutureInputs:
     def on_grid(self, stamp: pd.Timestamp) -> bool:
         """Whether `stamp` is a slot of the task's calendar. A fixed-length frequency's slots are whole steps
         from the anchor (any stamp is one of pandas' own "h" slots, so without an anchor every stamp passes,
-        as it did for models logged before); a calendar frequency's ("MS", "W-SUN") are pandas' own."""
+        as it did for models logged before); a calendar frequency's ("MS", "W-SUN") are pandas' own days, at the
+        anchor's time of day (pandas' own slots keep any time of day: 2021-08-01T13:45 was a month start)."""
         offset = to_offset(self.freq)
         if isinstance(offset, Tick):
             return self.anchor is None or (stamp - pd.Timestamp(self.anchor)).value % offset.nanos == 0
+        if self.anchor is not None:
+            anchor = pd.Timestamp(self.anchor)
+            if stamp - stamp.normalize() != anchor - anchor.normalize():
+                return False
         return self.history_stamps(stamp, 1)[-1] == stamp
 
     def _lead(self, stamps: pd.DatetimeIndex | None, known: dict[str, np.ndarray], rows: int) -> np.ndarray:

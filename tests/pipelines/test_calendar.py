@@ -127,13 +127,37 @@ def test_a_timestamp_outside_the_stored_range_is_refused_naming_its_row(column: 
     assert to_utc_naive(pd.Series(column)).isna().tolist() == [False, False, True]
 
 
+def test_a_parquet_timestamp_outside_the_range_and_a_blank_cell_are_named_as_such() -> None:
+    stamps = pd.Series(pd.to_datetime(["2024-01-01", "2024-01-02", "9999-12-31"]).as_unit("us"))
+    with pytest.raises(InvalidDataError, match=r"row 3: Timestamp\('9999-12-31 00:00:00'\) is outside the timestamps"):
+        validate_timeseries(pd.DataFrame({"date": stamps, "y": [1.0] * 3}), timestamp="date", target="y",
+                            covariates=[], series_id=None, name="t.parquet")
+    with pytest.raises(InvalidDataError, match=r"row 2: no timestamp \(a blank cell\)"):
+        validate_timeseries(pd.DataFrame({"date": ["2024-01-01", None, "2024-01-03"], "y": [1.0] * 3}),
+                            timestamp="date", target="y", covariates=[], series_id=None, name="t.csv")
+
+
 @pytest.mark.parametrize("text", ["2024-06-01T00:00:00", "2024-06-01", "2024-06-01T00:00:00+02:00", "2024-06-01T05:30Z",
-                                  "2024-06-01 05:30", "June 1 2024", "2024-06", "2024", "2024-06-01T00:00:00.123456789",
+                                  "2024-06-01 05:30", "2024-06-01T00:00:00.123456789", "2024-06-01T00:00:00-0530",
                                   "junk", "2024-13-01", "", "NaT", "9999-01-01", "1500-01-01"])
-def test_one_timestamp_parses_as_a_column_of_it_does(text: str) -> None:
+def test_one_iso_timestamp_parses_as_a_column_of_it_does(text: str) -> None:
     column = to_utc_naive(pd.Series([text])).iloc[0]
     one = parse_timestamp(text)
     assert (one is None and pd.isna(column)) or (one == column and one.unit == "ns")
+
+
+@pytest.mark.parametrize("text", ["08/01/2021", "Aug 1 2021", "20210801", "2024-06", "2024", "now"])
+def test_a_request_timestamp_must_be_iso_8601(text: str) -> None:
+    """pandas' scalar parser read these (08/01/2021 month-first) although the contract says ISO 8601."""
+    assert parse_timestamp(text) is None
+
+
+def test_a_column_reads_every_iso_form_after_its_first_values_fixed_the_format() -> None:
+    """pandas infers a column's format from its first value: a later `2009-04-01 00:00:00` or an offset-stamped
+    value was 'not a timestamp'; day-first dates after month-first ones are not guessed."""
+    parsed = to_utc_naive(pd.Series(["2009-02-01", "2009-03-01", "2009-04-01 00:00:00", "2009-05-01T02:00:00+02:00"]))
+    assert parsed.tolist() == list(pd.date_range("2009-02-01", periods=4, freq="MS"))
+    assert pd.isna(to_utc_naive(pd.Series(["12/01/2023", "13/01/2023"])).iloc[1])
 
 
 def test_an_unknown_alias_is_named_with_examples() -> None:

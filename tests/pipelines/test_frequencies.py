@@ -89,7 +89,8 @@ def test_each_calendar_prepares_on_its_grid_and_forecasts_on_real_timestamps(ser
     assert "timestamps" not in model.predict(pd.DataFrame({"history": [history]}), params={"horizon": 3})
 
 
-@pytest.mark.parametrize("bad", ["yesterday", "2001-01-15T12:34:56", "9999-12-31"])
+@pytest.mark.parametrize("bad", ["yesterday", "2001-01-15T12:34:56", "9999-12-31", "2001-02-01T13:45:00",
+                                 "2001-02-01T00:00:00.5", "02/01/2001"])
 def test_a_bad_last_timestamp_is_refused_naming_the_field(tmp_path: Path, store: str, bad: str) -> None:
     root = five_line_project(tmp_path / "project", "MS", "%Y-%m-%d")
     params = load_params(root)
