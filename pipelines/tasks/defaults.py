@@ -96,11 +96,12 @@ def default_variants(k1: int, k2: int, hybrid: bool = True) -> list[Variant]:
 
 
 def task_frequency(spec: TimeSeriesTask, raw: pd.DataFrame) -> str:
-    """The task's `freq`, or the one alias every series was inferred on (else an error naming two)."""
+    """The task's `freq`, or the one alias every series was inferred on (else an error naming two). A series of
+    one timestamp has no calendar of its own to disagree with (the short-series check names it instead)."""
     if spec.freq is not None:
         return spec.freq
-    found = {str(sid): infer_frequency(pd.DatetimeIndex(group["timestamp"]))
-             for sid, group in raw.groupby("series_id", sort=False)}
+    groups = [(str(sid), pd.DatetimeIndex(group["timestamp"])) for sid, group in raw.groupby("series_id", sort=False)]
+    found = {sid: infer_frequency(stamps) for sid, stamps in groups if len(stamps) > 1} or {"": "D"}
     aliases = sorted(set(found.values()))
     if len(aliases) > 1:
         pairs = ", ".join(f"series {next(s for s, f in found.items() if f == a)!r} is {a!r}" for a in aliases)

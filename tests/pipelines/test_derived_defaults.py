@@ -13,7 +13,9 @@ import yaml
 from pipelines.config import ConfigError, TimeSeriesTask, load_params
 from pipelines.data.ingest import ingest
 from pipelines.prepare.stage import prepare
-from pipelines.tasks.defaults import MAX_EPOCHS, MAX_K2, MIN_EPOCHS, TARGET_BATCHES, resolve, season_and_horizon
+from pipelines.data.validate import InvalidDataError
+from pipelines.tasks.defaults import (MAX_EPOCHS, MAX_K2, MIN_EPOCHS, TARGET_BATCHES, resolve, season_and_horizon,
+                                     task_frequency)
 from pipelines.tasks.settings import derived_settings, task_spec
 
 FIVE_LINES = {"kind": "timeseries", "source": "s.csv", "timestamp": "month", "target": "y"}
@@ -69,6 +71,16 @@ def test_a_max_horizon_bounds_the_derived_horizon_and_an_explicit_one_above_it_i
     given = {**FIVE_LINES, "serving": {"max_horizon": 4, "default_horizon": 5}}
     with pytest.raises(ConfigError, match=r"serving\.default_horizon \(5\) is above serving\.max_horizon \(4\)"):
         resolve(TimeSeriesTask.model_validate(given), monthly(240))
+
+
+def test_a_one_row_series_does_not_put_the_task_on_two_calendars() -> None:
+    """A one-row series appended to a monthly task was inferred daily: 'different calendars (series 'a' is 'D',
+    series 'main' is 'MS')' instead of the short-series error."""
+    one = pd.DataFrame({"series_id": "a", "timestamp": [pd.Timestamp("2021-07-01")], "y": [1.0]})
+    assert task_frequency(TimeSeriesTask.model_validate(FIVE_LINES), pd.concat([monthly(240), one])) == "MS"
+    two = pd.DataFrame({"series_id": "a", "timestamp": pd.to_datetime(["2021-07-01", "2021-07-02"]), "y": [1.0, 2.0]})
+    with pytest.raises(InvalidDataError, match=r"different calendars \(series 'a' is 'B', series 'main' is 'MS'\)"):
+        task_frequency(TimeSeriesTask.model_validate(FIVE_LINES), pd.concat([monthly(240), two]))
 
 
 def test_a_short_series_bounds_the_horizon_splits_and_window() -> None:
