@@ -30,9 +30,14 @@ _ISO_8601 = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)
                        re.IGNORECASE)
 
 
+_OFFSET = re.compile(r"(?<=\d)(?:Z|[+-]\d{2}:?\d{2})$", re.IGNORECASE)  # a trailing UTC offset after a time
+
+
 def to_utc_naive(values: pd.Series) -> pd.Series:
     """Parse timestamps; offset-stamped ones become UTC, naive ones stay as written. Unparseable, or outside
-    the nanosecond range the pipeline stores (`outside_range`): NaT.
+    the nanosecond range the pipeline stores (`outside_range`): NaT. Offset-stamped ones that are all at
+    their local midnight are dates (a daily or monthly export from Paris writes 2005-01-01T00:00:00+01:00):
+    they keep their local date, which UTC would move to 23:00 the evening before.
 
     pandas fixes a column's format from its first value, so `2009-04-01 00:00:00` among `2009-04-01` rows,
     or an offset-stamped value after naive ones, would be NaT: values the inferred format misses are read
@@ -46,13 +51,38 @@ def to_utc_naive(values: pd.Series) -> pd.Series:
         years = numbers.where((numbers % 1 == 0) & numbers.between(1000, 2999))
         text = years.map(lambda y: f"{int(y)}-01-01", na_action="ignore")
         return _nanoseconds(pd.to_datetime(text, errors="coerce"))
+    utc = _nanoseconds(_parsed(values).dt.tz_localize(None))
+    local = _local_wall_time(values)
+    if local is not None and _midnights(local) and not _midnights(utc):
+        return local  # dates at local midnight, written with their offset: converting would move them a day
+    return utc
+
+
+def _parsed(values: pd.Series) -> pd.Series:
+    """`values` parsed to UTC, format inferred from the first value, the values it misses read as ISO 8601."""
     with warnings.catch_warnings():  # "Could not infer format ...": a column of non-ISO strings, read one by one
         warnings.filterwarnings("ignore", message="Could not infer format", category=UserWarning)
         parsed = pd.to_datetime(values, errors="coerce", utc=True)
         missed = parsed.isna() & values.map(lambda v: isinstance(v, str) and bool(v.strip()))
         if missed.any():
             parsed[missed] = pd.to_datetime(values[missed], errors="coerce", utc=True, format="ISO8601")
-    return _nanoseconds(parsed.dt.tz_localize(None))
+    return parsed
+
+
+def _local_wall_time(values: pd.Series) -> pd.Series | None:
+    """The timestamps as their writer's clock read them (offsets dropped, not applied); None when none has one."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return _nanoseconds(values.dt.tz_localize(None))
+    if not values.map(lambda v: isinstance(v, str) and bool(_OFFSET.search(v.strip()))).any():
+        return None
+    return _nanoseconds(_parsed(values.map(lambda v: _OFFSET.sub("", v.strip()) if isinstance(v, str) else v))
+                        .dt.tz_localize(None))
+
+
+def _midnights(stamps: pd.Series) -> bool:
+    """Every parsed stamp is at midnight (and there is one): the file holds dates, daily or coarser."""
+    present = stamps.dropna()
+    return bool(len(present)) and bool((present == present.dt.normalize()).all())
 
 
 def _nanoseconds(parsed: pd.Series) -> pd.Series:
@@ -79,19 +109,22 @@ def outside_range(value: object) -> bool:
         return False
 
 
-def parse_timestamp(value: object) -> pd.Timestamp | None:
+def parse_timestamp(value: object, local: bool = False) -> pd.Timestamp | None:
     """One ISO 8601 timestamp string (a date, a time to the minute or finer, an offset or `Z`) read as
     `to_utc_naive` reads a column (offset-stamped: UTC; naive: as written), or None when it is not one:
     what a forecast request's `last_timestamp` must be (`08/01/2021` would be read month-first, whatever the
     client meant). pandas' scalar parser takes microseconds where `to_utc_naive` on a one-row Series took
-    most of a millisecond guessing the column's format, once per forecast record."""
+    most of a millisecond guessing the column's format, once per forecast record. `local`: an offset is
+    dropped rather than applied (the writer's clock, as `to_utc_naive` keeps dates at local midnight)."""
     if not isinstance(value, str) or not _ISO_8601.fullmatch(value.strip()):
         return None
     try:
         stamp = pd.Timestamp(value)
         if stamp is pd.NaT:
             return None
-        return (stamp.tz_convert("UTC").tz_localize(None) if stamp.tz is not None else stamp).as_unit("ns")
+        if stamp.tz is not None:
+            stamp = (stamp if local else stamp.tz_convert("UTC")).tz_localize(None)
+        return stamp.as_unit("ns")
     except (ValueError, OverflowError):  # unparseable, or outside the nanosecond range to_utc_naive keeps
         return None
 

@@ -127,6 +127,17 @@ def test_a_timestamp_outside_the_stored_range_is_refused_naming_its_row(column: 
     assert to_utc_naive(pd.Series(column)).isna().tolist() == [False, False, True]
 
 
+def test_dates_at_local_midnight_keep_their_local_date_and_times_become_utc() -> None:
+    """A monthly export from Paris (+01:00 in winter, +02:00 in summer) converted to UTC landed on 23:00 and
+    22:00 of the evening before: 'irregular', with an hourly resample as the hint."""
+    paris = ["2005-01-01T00:00:00+01:00", "2005-02-01T00:00:00+01:00", "2005-04-01T00:00:00+02:00"]
+    assert to_utc_naive(pd.Series(paris)).tolist() == list(pd.to_datetime(["2005-01-01", "2005-02-01", "2005-04-01"]))
+    zoned = pd.Series(pd.date_range("2005-01-01", periods=3, freq="MS", tz="Europe/Paris"))  # a Parquet column
+    assert to_utc_naive(zoned).tolist() == list(pd.date_range("2005-01-01", periods=3, freq="MS"))
+    hours = ["2024-03-31T01:00:00+01:00", "2024-03-31T03:00:00+02:00"]  # hourly across the change: UTC, one apart
+    assert to_utc_naive(pd.Series(hours)).tolist() == list(pd.to_datetime(["2024-03-31 00:00", "2024-03-31 01:00"]))
+
+
 def test_a_parquet_timestamp_outside_the_range_and_a_blank_cell_are_named_as_such() -> None:
     stamps = pd.Series(pd.to_datetime(["2024-01-01", "2024-01-02", "9999-12-31"]).as_unit("us"))
     with pytest.raises(InvalidDataError, match=r"row 3: Timestamp\('9999-12-31 00:00:00'\) is outside the timestamps"):
@@ -137,8 +148,8 @@ def test_a_parquet_timestamp_outside_the_range_and_a_blank_cell_are_named_as_suc
                             timestamp="date", target="y", covariates=[], series_id=None, name="t.csv")
 
 
-@pytest.mark.parametrize("text", ["2024-06-01T00:00:00", "2024-06-01", "2024-06-01T00:00:00+02:00", "2024-06-01T05:30Z",
-                                  "2024-06-01 05:30", "2024-06-01T00:00:00.123456789", "2024-06-01T00:00:00-0530",
+@pytest.mark.parametrize("text", ["2024-06-01T00:00:00", "2024-06-01", "2024-06-01T05:00:00+02:00", "2024-06-01T05:30Z",
+                                  "2024-06-01 05:30", "2024-06-01T00:00:00.123456789", "2024-06-01T07:00:00-0530",
                                   "junk", "2024-13-01", "", "NaT", "9999-01-01", "1500-01-01"])
 def test_one_iso_timestamp_parses_as_a_column_of_it_does(text: str) -> None:
     column = to_utc_naive(pd.Series([text])).iloc[0]

@@ -86,6 +86,10 @@ def test_each_calendar_prepares_on_its_grid_and_forecasts_on_real_timestamps(ser
                         params={"horizon": 3})
     assert len(out["forecast"][0]) == 3 and np.isfinite(out["forecast"][0]).all()
     assert out["timestamps"][0] == [t.isoformat() for t in stamps[80:83]]
+    if expected in ("MS", "QS-JAN", "YS-JAN"):  # a date sent at its local midnight with its offset: the same date
+        local = model.predict(pd.DataFrame({"history": [history], "last_timestamp": [f"{last.isoformat()}+02:00"]}),
+                              params={"horizon": 3})
+        assert local["timestamps"][0] == out["timestamps"][0]
     assert "timestamps" not in model.predict(pd.DataFrame({"history": [history]}), params={"horizon": 3})
 
 
