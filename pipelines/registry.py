@@ -33,6 +33,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "seqops.champion_history"
 CANDIDATE_TYPE_TAG = "seqops.candidate_type"  # variant | ensemble | baseline
 UNCOMMITTED_TAG = "code.uncommitted"  # tracked files differing from data.git_sha at registration, ", "-joined
+OUTPUTS_TAG = "seqops.outputs"  # what the version answers with (TaskKind.outputs: a text model's labels)
 SPLIT_TAG = "seqops.split"  # how the version's holdout was drawn (TaskKind.holdout_split), where the kind says
 
 
@@ -136,16 +137,22 @@ def _required_inputs(model_uri: str) -> set[str]:
     return {spec.name for spec in signature.inputs.inputs if spec.name and getattr(spec, "required", True)}
 
 
-def _not_comparable(client: MlflowClient, name: str, current: str, split: str | None, candidate_uri: str) -> str | None:
+def _not_comparable(client: MlflowClient, name: str, current: str, split: str | None, candidate_uri: str,
+                    outputs: str | None = None) -> str | None:
     """Why champion v`current` cannot be scored fairly on this retrain's holdout, or None when it can.
 
-    Two reasons: its holdout was drawn otherwise (another seed or fractions, or from before the split tag), so
-    it may have trained on this holdout and its score there would be inflated for good; or it reads an input
-    this retrain's data no longer has (a covariate removed or renamed), so it cannot be scored at all. Either
-    way a champion that cannot be compared would block every retrain; the candidate must still beat the
-    baseline.
+    Three reasons: its holdout was drawn otherwise (another seed or fractions, or from before the split tag), so
+    it may have trained on this holdout and its score there would be inflated for good; it reads an input
+    this retrain's data no longer has (a covariate removed or renamed), so it cannot be scored at all; or it
+    answers with other outputs than the task now has (a label added to a text task: it can never predict it,
+    and kept on its score it would serve a task it no longer matches). Either way a champion that cannot be
+    compared would block every retrain; the candidate must still beat the baseline.
     """
-    champion_split = client.get_model_version(name, current).tags.get(SPLIT_TAG)
+    tags = client.get_model_version(name, current).tags
+    if outputs is not None and OUTPUTS_TAG in tags and tags[OUTPUTS_TAG] != outputs:
+        return (f"champion v{current} answers with {tags[OUTPUTS_TAG]}, this retrain's data with {outputs}: it "
+                "cannot answer for this task as it now is")
+    champion_split = tags.get(SPLIT_TAG)
     if split is not None and champion_split != split:
         return (f"champion v{current}'s holdout was drawn {champion_split or 'before splits were recorded'}, "
                 f"this one {split}: it may have trained on this holdout")
@@ -185,17 +192,19 @@ def decided(root: Path, task: str) -> bool:
     return any(DECISION_TAG in v.tags for v in versions)
 
 
-def promote(root: Path, task: str, params: Params, rescore, split: str | None = None) -> Decision:
+def promote(root: Path, task: str, params: Params, rescore, split: str | None = None,
+            outputs: str | None = None) -> Decision:
     """Register the retrain's chosen candidate (a variant, an ensemble, or the best baseline when no
     recurrent candidate beat it) and move `champion` if it earned it: it must beat the best baseline
     and the current champion, both on this retrain's holdout.
 
     `rescore(model_uri) -> float` scores a model on this retrain's holdout with the task kind's metric.
     `split` says how this retrain drew its holdout (TaskKind.holdout_split; None where the kind does not
-    track it). A champion whose splits were drawn otherwise (another seed or fractions, or from before the
-    tag) may have trained on this holdout: its score there would be inflated for good, and it would never
-    be replaced, so it is not compared; nor is one that reads an input today's data lacks (`_not_comparable`),
-    nor one that refuses this holdout's requests (data moved to another calendar: month ends after month starts).
+    track it); `outputs` what its models answer with (TaskKind.outputs). A champion whose splits were drawn
+    otherwise (another seed or fractions, or from before the tag) may have trained on this holdout: its score
+    there would be inflated for good, and it would never be replaced, so it is not compared; nor is one that
+    reads an input today's data lacks or answers with other labels (`_not_comparable`), nor one that refuses
+    this holdout's requests (data moved to another calendar: month ends after month starts).
     The candidate must still beat the baseline. A version of the same candidate that a crashed promote
     registered without a decision is decided on rather than registered again.
     """
@@ -210,7 +219,8 @@ def promote(root: Path, task: str, params: Params, rescore, split: str | None = 
     undecided = _undecided_versions(client, name, entry["run_id"])
     version = undecided[0] if undecided else str(mlflow.register_model(entry["model_uri"], name).version)
     current = champion_version(client, name)
-    not_compared = _not_comparable(client, name, current, split, entry["model_uri"]) if current is not None else None
+    not_compared = (_not_comparable(client, name, current, split, entry["model_uri"], outputs)
+                    if current is not None else None)
     champion_score = None
     if current is not None and not not_compared:
         try:
@@ -240,6 +250,7 @@ def promote(root: Path, task: str, params: Params, rescore, split: str | None = 
         "promotion.metric": f"{metric.name} ({metric.goal})", "promotion.candidate_score": repr(candidate_score),
         "promotion.champion_score": repr(champion_score), "promotion.champion_version": str(current),
         **({SPLIT_TAG: split} if split is not None else {}),
+        **({OUTPUTS_TAG: outputs} if outputs is not None else {}),
     }
     if promoted:  # signed before `champion` moves: servers load only what the gate signed
         tags.update(signature_tags(name, version, root))

@@ -194,7 +194,8 @@ def promote(root: str, task_name: str) -> dict[str, Any]:
     from pipelines.tasks import kind_for
 
     with console.timed(task_name, "promote") as step:
-        decision = registry.promote(path, task_name, params, rescore, kind_for(spec).holdout_split())
+        kind = kind_for(spec)
+        decision = registry.promote(path, task_name, params, rescore, kind.holdout_split(), kind.outputs())
         step.note = f"v{decision.version} {'promoted' if decision.promoted else 'not promoted'}"
     get_run_logger().info("%s v%s: %s (%s)", task_name, decision.version,
                           "promoted to champion" if decision.promoted else "not promoted", decision.reason)

@@ -99,6 +99,11 @@ class TaskKind(Protocol):
         holdout is its latest steps, which an earlier champion never saw)."""
         ...
 
+    def outputs(self) -> str | None:
+        """What this task's models answer with, as a tag the registry compares (pipelines/registry.py,
+        OUTPUTS_TAG): a champion answering with other outputs is not compared. None: nothing to compare."""
+        ...
+
     def prepare(self, raw: pd.DataFrame, prepared: Path) -> None:
         """Split the raw table and fit every transform on the training split only, writing the
         prepared files (rows with their split, fitted transforms, splits.json) into `prepared`."""

@@ -73,6 +73,10 @@ class TextKind:
         return (f"by text hash (seed {settings.seed}, holdout {settings.holdout:g}, "
                 f"validation {settings.validation:g})")
 
+    def outputs(self) -> str | None:
+        """The labels in output order (`labels ['negative', 'positive']`), once declared or read from the data."""
+        return f"labels {self._labels}" if self._labels is not None else None
+
     def validate(self, frame: pd.DataFrame, name: str) -> tuple[pd.DataFrame, dict[str, int]]:
         spec = self.spec
         return validate_text(frame, text=spec.text, label=spec.label, labels=spec.labels,

@@ -100,6 +100,9 @@ class TimeSeriesKind:
     def holdout_split(self) -> None:
         return None
 
+    def outputs(self) -> None:
+        return None  # a forecast, in the target's units: what a renamed target changes, `_required_inputs` sees
+
     def read_settings(self) -> dict[str, Any]:
         spec = self.spec
         return {"timestamp": spec.timestamp, "target": spec.target, "covariates": list(spec.covariates),

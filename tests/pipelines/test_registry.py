@@ -154,6 +154,25 @@ def test_a_champion_that_refuses_this_holdouts_requests_is_not_compared(store: P
     assert _champion(store) == "2"
 
 
+def test_a_champion_answering_with_other_labels_is_not_compared(store: Path) -> None:
+    """A label added to a text task: the champion could never predict it, and kept on its score it went on
+    serving a task it no longer matched."""
+    two, three = "labels ['negative', 'positive']", "labels ['negative', 'neutral', 'positive']"
+    _candidate(store, 1.0)
+    registry.promote(store, "forecast", load_params(store), rescore=lambda uri: math.nan, outputs=two)
+    assert configure(store).get_model_version("seqops-forecast", "1").tags["seqops.outputs"] == two
+    _candidate(store, 1.0)
+    rescored: list[str] = []
+    decision = registry.promote(store, "forecast", load_params(store), rescore=lambda uri: rescored.append(uri) or 0.1,
+                                outputs=three)
+    assert decision.promoted and _champion(store) == "2" and rescored == []
+    assert decision.reason.startswith(f"champion v1 answers with {two}, this retrain's data with {three}")
+    _candidate(store, 1.0)
+    decision = registry.promote(store, "forecast", load_params(store), rescore=lambda uri: rescored.append(uri) or 0.1,
+                                outputs=three)  # the same labels: compared, and kept
+    assert not decision.promoted and rescored == ["models:/seqops-forecast@champion"]
+
+
 def test_a_promote_that_failed_after_registering_is_decided_by_the_next_run(store: Path) -> None:
     """No stage is stale after a promote that crashed past `register_model`: `decided` tells the flow to promote
     again, and that promote decides on the version already registered instead of registering a second."""

@@ -24,6 +24,8 @@ from pipelines.evaluate.stage import evaluate_task
 from pipelines.project import metrics_file, train_record
 from pipelines.registry import CANDIDATE_TYPE_TAG, promote
 from pipelines.serving.requests import ModelInputs, invoke
+from pipelines.tasks import kind_for
+from pipelines.tasks.settings import task_spec
 from pipelines.train.stage import train_task
 from tests.conftest import make_project, prepared_task, use_project
 
@@ -79,6 +81,8 @@ def test_a_recurrent_model_worse_than_tfidf_leaves_the_baseline_registered_and_s
     assert baseline > gru + 0.2  # the tiny GRU really is worse
     assert metrics["chosen"] == "tfidf_logreg" and metrics["chosen_type"] == "baseline"
     assert "the recurrent models lost" in metrics["verdict"]
+    # what the flow's promote tags the version with, for a later champion to be compared on (labels read at prepare)
+    assert kind_for(task_spec(root, task, params)).outputs() == "labels ['negative', 'positive']"
     assert metrics["selection"] == "validation_macro_f1 (maximize), the validation split"  # not rolling origins
     assert decision.promoted
     for scores in (metrics["variants"]["gru"], metrics["baselines"]["tfidf_logreg"]):  # temperature scaling
