@@ -33,6 +33,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "seqops.champion_history"
 CANDIDATE_TYPE_TAG = "seqops.candidate_type"  # variant | ensemble | baseline
 UNCOMMITTED_TAG = "code.uncommitted"  # tracked files differing from data.git_sha at registration, ", "-joined
+SERVING_TAG = "seqops.serving"  # the task's serving settings the version was logged with (its limits)
 OUTPUTS_TAG = "seqops.outputs"  # what the version answers with (TaskKind.outputs: a text model's labels)
 SPLIT_TAG = "seqops.split"  # how the version's holdout was drawn (TaskKind.holdout_split), where the kind says
 
@@ -193,14 +194,16 @@ def decided(root: Path, task: str) -> bool:
 
 
 def promote(root: Path, task: str, params: Params, rescore, split: str | None = None,
-            outputs: str | None = None) -> Decision:
+            outputs: str | None = None, serving: str | None = None) -> Decision:
     """Register the retrain's chosen candidate (a variant, an ensemble, or the best baseline when no
     recurrent candidate beat it) and move `champion` if it earned it: it must beat the best baseline
     and the current champion, both on this retrain's holdout.
 
     `rescore(model_uri) -> float` scores a model on this retrain's holdout with the task kind's metric.
     `split` says how this retrain drew its holdout (TaskKind.holdout_split; None where the kind does not
-    track it); `outputs` what its models answer with (TaskKind.outputs). A champion whose splits were drawn
+    track it); `outputs` what its models answer with (TaskKind.outputs); `serving` the task's serving settings
+    (JSON), which a model carries from its logging: a rejected candidate's reason says when the champion's
+    differ, since they then take effect only with the next promoted version. A champion whose splits were drawn
     otherwise (another seed or fractions, or from before the tag) may have trained on this holdout: its score
     there would be inflated for good, and it would never be replaced, so it is not compared; nor is one that
     reads an input today's data lacks or answers with other labels (`_not_comparable`), nor one that refuses
@@ -236,6 +239,10 @@ def promote(root: Path, task: str, params: Params, rescore, split: str | None = 
         promoted, reason = decide(candidate_score, champion_score, params.promote.min_improvement, metric.goal)
         if promoted and not_compared:
             reason = f"{not_compared}, so it is not compared; the candidate beats the baseline"
+    champion_serving = client.get_model_version(name, current).tags.get(SERVING_TAG) if current is not None else None
+    if not promoted and serving is not None and champion_serving not in (None, serving):
+        reason += (f"; the task's serving settings changed since champion v{current} was logged, and it keeps its "
+                   "own: they take effect with the next promoted version")
 
     dv = data_version(root)
     dirty = uncommitted(root)
@@ -251,6 +258,7 @@ def promote(root: Path, task: str, params: Params, rescore, split: str | None = 
         "promotion.champion_score": repr(champion_score), "promotion.champion_version": str(current),
         **({SPLIT_TAG: split} if split is not None else {}),
         **({OUTPUTS_TAG: outputs} if outputs is not None else {}),
+        **({SERVING_TAG: serving} if serving is not None else {}),
     }
     if promoted:  # signed before `champion` moves: servers load only what the gate signed
         tags.update(signature_tags(name, version, root))

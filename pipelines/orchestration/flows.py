@@ -10,6 +10,7 @@ output, then `dvc commit` records it in dvc.lock exactly as `dvc repro` would ha
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -195,7 +196,8 @@ def promote(root: str, task_name: str) -> dict[str, Any]:
 
     with console.timed(task_name, "promote") as step:
         kind = kind_for(spec)
-        decision = registry.promote(path, task_name, params, rescore, kind.holdout_split(), kind.outputs())
+        decision = registry.promote(path, task_name, params, rescore, kind.holdout_split(), kind.outputs(),
+                                    json.dumps(spec.serving.model_dump(), sort_keys=True))
         step.note = f"v{decision.version} {'promoted' if decision.promoted else 'not promoted'}"
     get_run_logger().info("%s v%s: %s (%s)", task_name, decision.version,
                           "promoted to champion" if decision.promoted else "not promoted", decision.reason)

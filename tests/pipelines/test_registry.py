@@ -173,6 +173,23 @@ def test_a_champion_answering_with_other_labels_is_not_compared(store: Path) -> 
     assert not decision.promoted and rescored == ["models:/seqops-forecast@champion"]
 
 
+def test_a_rejected_candidate_says_when_the_champion_keeps_older_serving_settings(store: Path) -> None:
+    """serving limits changed and retrained: the candidate lost, the champion kept serving its own limits, and
+    nothing said so."""
+    _candidate(store, 1.0)
+    registry.promote(store, "forecast", load_params(store), rescore=lambda uri: math.nan, serving='{"max_records": 100}')
+    _candidate(store, 2.0)
+    decision = registry.promote(store, "forecast", load_params(store), rescore=lambda uri: 1.0,
+                                serving='{"max_records": 3}')
+    assert not decision.promoted and decision.reason.endswith(
+        "; the task's serving settings changed since champion v1 was logged, and it keeps its own: they take effect "
+        "with the next promoted version")
+    _candidate(store, 2.0)
+    decision = registry.promote(store, "forecast", load_params(store), rescore=lambda uri: 1.0,
+                                serving='{"max_records": 100}')
+    assert not decision.promoted and "serving settings" not in decision.reason
+
+
 def test_a_promote_that_failed_after_registering_is_decided_by_the_next_run(store: Path) -> None:
     """No stage is stale after a promote that crashed past `register_model`: `decided` tells the flow to promote
     again, and that promote decides on the version already registered instead of registering a second."""
