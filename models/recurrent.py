@@ -8,6 +8,7 @@ truncated BPTT carry and detach it between chunks and across batches.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -41,6 +42,19 @@ def map_state(state: State, fn: Callable[[Tensor], Tensor]) -> State:
     if isinstance(state, tuple):
         return tuple(fn(s) for s in state)  # type: ignore[return-value]
     return fn(state)
+
+
+def _cpu_bf16_unsupported(x: Tensor | PackedSequence) -> bool:
+    """Whether `x` is about to meet a fused CPU kernel under bf16 autocast on a CPU whose oneDNN has no bf16
+    (no AVX-512: "could not create a primitive descriptor for the LSTM forward propagation primitive")."""
+    device = x.data.device if isinstance(x, PackedSequence) else x.device
+    return (device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not _bf16_kernels())
+
+
+@functools.cache
+def _bf16_kernels() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # private, and the only probe torch offers
 
 
 class RecurrentCore(nn.Module):
@@ -104,6 +118,11 @@ class RecurrentCore(nn.Module):
         """
         if isinstance(x, Tensor) and (x.dim() != 3 or x.shape[-1] != self.input_size):
             raise ValueError(f"RecurrentCore expects input of shape [B, T, {self.input_size}], got {tuple(x.shape)}")
+        if _cpu_bf16_unsupported(x):
+            with torch.autocast("cpu", enabled=False):  # this CPU's oneDNN has no bf16 LSTM: the cell runs in fp32
+                x = x.to(torch.float32)
+                state = None if state is None else map_state(state, lambda s: s.to(torch.float32))
+                return self.rnn(x, state)
         out, state = self.rnn(x, state)  # out: [B, T, D*H]; state: [L*D, B, H] (lstm: a pair)
         return out, state
 
