@@ -153,11 +153,16 @@ def regular_grid(group: pd.DataFrame, freq: str | None = None) -> pd.DataFrame:
     return filled.rename_axis("timestamp").reset_index()[group.columns]
 
 
-def fill_gaps(frame: pd.DataFrame, value_columns: list[str], method: str, freq: str | None = None) -> pd.DataFrame:
-    """Put every series on its calendar grid, then fill gaps by `method` (interpolate | ffill | drop)."""
+def fill_gaps(frame: pd.DataFrame, value_columns: list[str], method: str, freq: str | None = None,
+              observed: str | None = None) -> pd.DataFrame:
+    """Put every series on its calendar grid, then fill gaps by `method` (interpolate | ffill | drop).
+    `observed`: a boolean column of that name says which steps had a first value column (the target) before
+    filling, so scores compare forecasts with what was measured, not with what filling made up."""
     parts = []
     for _, group in frame.groupby("series_id", sort=False):
         group = regular_grid(group, freq).reset_index(drop=True)
+        if observed is not None:
+            group[observed] = group[value_columns[0]].notna()
         if method == "interpolate":
             group[value_columns] = group[value_columns].interpolate(method="linear", limit_direction="both")
         elif method == "ffill":

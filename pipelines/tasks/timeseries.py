@@ -13,6 +13,7 @@ also run in `seqops data add`, which should not pay for importing torch, MLflow 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 SERIES_FILE = "series.parquet"
 TRANSFORM_FILE = "transform.json"
+OBSERVED = "observed"  # series.parquet's column: the target was measured at that step (not a filled gap)
 FORECAST_CALL_STEPS = 1_000_000  # history values in one call of rolling_forecasts' forecaster (~40 MB as lists)
 EXAMPLE_HISTORY_STEPS = 104  # the example REST request's history (at least min_history): two years of weekly data
 
@@ -58,6 +60,13 @@ class SeriesForecasts:
     end: int                      # one past the segment's last step
     forecasts: list[tuple[int, np.ndarray]]  # (origin step, forecast [H])
     intervals: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # per forecast: {level: {lower, upper}}
+    observed: np.ndarray | None = None  # [T] bool: the target was measured there, not filled (None: everywhere)
+
+    def actual(self, origin: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """The actuals [<= H] from `origin` inside the segment, and which of them were measured [<= H] bool."""
+        stop = min(origin + horizon, self.end)
+        return self.values[origin:stop], (np.ones(stop - origin, dtype=bool) if self.observed is None
+                                          else self.observed[origin:stop])
 
 
 def pyfunc_forecaster(model: Any, levels: list[float] | None = None) -> Forecaster:
@@ -180,7 +189,7 @@ class TimeSeriesKind:
         write_settings(prepared, given, self.spec, derived)
         print(describe(prepared.name, derived), flush=True)
         # the task's own `freq` (None: inferred again, so an off-grid row is reported against the inferred one)
-        series = self.split(fill_gaps(raw, self.columns, self.spec.gap_fill, given.freq))
+        series = self.split(fill_gaps(raw, self.columns, self.spec.gap_fill, given.freq, observed=OBSERVED))
         if self.future.columns:
             series = pd.concat([series, pd.concat([self.future.training_columns(g) for _, g in
                                                    series.groupby("series_id", sort=False)])], axis=1)
@@ -355,15 +364,17 @@ class TimeSeriesKind:
                 forecast_pending()
                 steps = 0
             values = group[self.spec.target].to_numpy(dtype=np.float64)  # [T]
+            observed = group[OBSERVED].to_numpy(dtype=bool) if OBSERVED in group else None  # [T]
             pending.append((SeriesForecasts(str(sid), pd.DatetimeIndex(group["timestamp"]), values,
                                             int((group["split"] == "train").sum()), first, end,
-                                            [(origin, values[:0]) for origin in origins]), rows))
+                                            [(origin, values[:0]) for origin in origins], observed=observed), rows))
             steps += size
         forecast_pending()
         return runs
 
     def forecast_metrics(self, runs: list[SeriesForecasts]) -> dict[str, float]:
-        """MAE, RMSE and MASE over every forecast step that has an actual inside its segment.
+        """MAE, RMSE and MASE over every forecast step that has a measured actual inside its segment (a gap
+        filled at prepare is not scored: forecasts are compared with the data, not with the filling).
 
         MASE scales by the in-sample seasonal-naive MAE of the training segment (Hyndman & Koehler),
         averaged over series, so a value below 1 beats last season's values on average.
@@ -374,9 +385,11 @@ class TimeSeriesKind:
             train = run.values[:run.n_train]  # [n_train]
             scales.append(np.mean(np.abs(train[season:] - train[:-season])))
             for origin, forecast in run.forecasts:
-                actual = run.values[origin:min(origin + horizon, run.end)]  # [<= H]
-                errors.append(forecast[:len(actual)] - actual)
+                actual, measured = run.actual(origin, horizon)  # [<= H], [<= H] bool
+                errors.append((forecast[:len(actual)] - actual)[measured])
         error = np.concatenate(errors)
+        if not len(error):
+            return {"mae": math.nan, "rmse": math.nan, "mase": math.nan}  # nothing measured: nothing to score
         mae = float(np.mean(np.abs(error)))
         # an exactly seasonal series has no seasonal-naive error to scale by: a floor keeps MASE finite
         # (0 for an exact forecast, very large otherwise) instead of dividing by zero
@@ -385,17 +398,17 @@ class TimeSeriesKind:
         return {"mae": mae, "rmse": float(np.sqrt(np.mean(error ** 2))), "mase": mae / scale}
 
     def interval_metrics(self, runs: list[SeriesForecasts]) -> dict[str, float]:
-        """Coverage, mean width and Winkler score per level over every forecast step with an actual."""
+        """Coverage, mean width and Winkler score per level over every forecast step with a measured actual."""
         from pipelines.evaluate.intervals import interval_metrics
 
         horizon, points = self.spec.evaluate.horizon, {}
         for run in runs:
             for (origin, _), bands in zip(run.forecasts, run.intervals):
-                actual = run.values[origin:min(origin + horizon, run.end)]  # [<= H]
+                actual, measured = run.actual(origin, horizon)  # [<= H], [<= H] bool
                 for key, band in bands.items():
                     got = points.setdefault(key, ([], [], []))
                     for part, values in zip(got, (actual, band["lower"], band["upper"])):
-                        part.append(np.asarray(values, dtype=np.float64)[:len(actual)])
+                        part.append(np.asarray(values, dtype=np.float64)[:len(actual)][measured])
         return {k: v for key, (actual, lower, upper) in points.items()
                 for k, v in interval_metrics(np.concatenate(actual), np.concatenate(lower), np.concatenate(upper),
                                              float(key)).items()}

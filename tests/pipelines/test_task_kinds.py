@@ -325,3 +325,27 @@ def test_a_series_with_nothing_to_learn_is_refused_before_evaluate_divides_by_ze
                           values=values, n_train=104, first=104, end=208, forecasts=[(104, values[104:104 + 26])])
     metrics = kind.forecast_metrics([run])
     assert metrics["mase"] == 0.0
+
+
+def test_filled_gaps_are_not_scored_as_actuals(tmp_path: Path) -> None:
+    """A series whose last weeks were blank was scored against the values gap filling made up for them."""
+    spec = Params.model_validate({"tasks": {"gappy": {**TINY_FORECAST, "source": "gappy.csv"}}}).task("gappy")
+    kind = kind_for(spec)
+    dates = pd.date_range("2020-01-05", periods=200, freq="W-SUN")
+    values = 5.0 + np.arange(200) % 52 + np.arange(200) * 0.1
+    values[180:183] = np.nan  # three blank weeks inside the holdout's last forecast (origin 174, 13 weeks)
+    raw, _ = kind.validate(pd.DataFrame({"date": dates, "co2": values}), "gappy.csv")
+    kind.prepare(raw, tmp_path)
+    frame = kind.load_prepared(tmp_path)
+    assert frame["observed"].tolist() == [True] * 180 + [False] * 3 + [True] * 17
+    filled = frame["co2"].to_numpy()[180:183]
+
+    def forecaster(rows: pd.DataFrame, horizon: int) -> tuple[list[np.ndarray], list[dict]]:
+        return [np.zeros(horizon) for _ in range(len(rows))], [{}] * len(rows)
+    runs = kind.rolling_forecasts(frame, "holdout", forecaster)
+    steps = [(origin + h, actual) for run in runs for origin, _ in run.forecasts
+             for h, actual in enumerate(run.values[origin:origin + 13])]
+    assert {180, 181, 182} <= {step for step, _ in steps}  # forecast there, and the filling is in the values
+    assert [actual for step, actual in steps if step in (180, 181, 182)] == pytest.approx(filled.tolist())
+    measured = [abs(actual) for step, actual in steps if step not in (180, 181, 182)]
+    assert kind.forecast_metrics(runs)["mae"] == pytest.approx(np.mean(measured))  # the filled steps left out
