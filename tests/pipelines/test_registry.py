@@ -177,7 +177,8 @@ def test_a_rejected_candidate_says_when_the_champion_keeps_older_serving_setting
     """serving limits changed and retrained: the candidate lost, the champion kept serving its own limits, and
     nothing said so."""
     _candidate(store, 1.0)
-    registry.promote(store, "forecast", load_params(store), rescore=lambda uri: math.nan, serving='{"max_records": 100}')
+    registry.promote(store, "forecast", load_params(store), rescore=lambda uri: math.nan,
+                     serving='{"max_records": 100}')
     _candidate(store, 2.0)
     decision = registry.promote(store, "forecast", load_params(store), rescore=lambda uri: 1.0,
                                 serving='{"max_records": 3}')
