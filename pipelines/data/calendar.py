@@ -94,19 +94,20 @@ def _nanoseconds(parsed: pd.Series) -> pd.Series:
 def outside_range(value: object) -> bool:
     """Whether `value` is a timestamp that `to_utc_naive` reads as NaT only because it lies outside
     pd.Timestamp.min .. max (1677-09-21 .. 2262-04-11), so an error can say that instead of "not a timestamp"."""
-    if isinstance(value, (np.datetime64, datetime.date)):  # a Parquet timestamp column's cell
-        stamp = pd.Timestamp(value)
-        stamp = stamp.tz_convert(None) if stamp.tz is not None else stamp
-        return not pd.Timestamp.min <= stamp <= pd.Timestamp.max
-    if isinstance(value, np.generic):
+    if isinstance(value, np.generic) and not isinstance(value, np.datetime64):
         value = value.item()
-    text = f"{int(value)}-01-01" if isinstance(value, (int, float)) and float(value).is_integer() else value
-    if not isinstance(text, str):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+        value = f"{int(value)}-01-01"  # a year, as to_utc_naive reads a numeric column
+    if not isinstance(value, (str, np.datetime64, datetime.date)):  # a Parquet timestamp cell is a date
         return False
     try:
-        return pd.Timestamp(text) is not pd.NaT and parse_timestamp(text) is None
+        stamp = pd.Timestamp(value)  # any unit: pandas parses 9999-12-31 at seconds
     except (ValueError, OverflowError):
         return False
+    if stamp is pd.NaT:
+        return False
+    stamp = stamp.tz_convert(None) if stamp.tz is not None else stamp
+    return not pd.Timestamp.min <= stamp <= pd.Timestamp.max
 
 
 def parse_timestamp(value: object, local: bool = False) -> pd.Timestamp | None:

@@ -56,7 +56,7 @@ def validate_timeseries(frame: pd.DataFrame, *, timestamp: str, target: str, cov
         row = _first_row(bad)
         value = frame[timestamp].iloc[row - 1]
         value = value.item() if isinstance(value, np.generic) else value  # 1500, not np.int64(1500)
-        if _series_name(value) is None:  # NaN, None or spaces: what a blank cell reads as
+        if _blank(value):
             raise InvalidDataError(f"{name}: column {timestamp!r} row {row}: no timestamp (a blank cell)")
         stored = f"{pd.Timestamp.min:%Y-%m-%d} to {pd.Timestamp.max:%Y-%m-%d}"
         why = f"is outside the timestamps seqops can store ({stored})" if outside_range(value) else "is not a timestamp"

@@ -143,6 +143,9 @@ def test_a_parquet_timestamp_outside_the_range_and_a_blank_cell_are_named_as_suc
     with pytest.raises(InvalidDataError, match=r"row 3: Timestamp\('9999-12-31 00:00:00'\) is outside the timestamps"):
         validate_timeseries(pd.DataFrame({"date": stamps, "y": [1.0] * 3}), timestamp="date", target="y",
                             covariates=[], series_id=None, name="t.parquet")
+    with pytest.raises(InvalidDataError, match=r"row 2: 'June 1 2024' is not a timestamp"):  # in range, not ISO
+        validate_timeseries(pd.DataFrame({"date": ["2024-01-01", "June 1 2024"], "y": [1.0] * 2}),
+                            timestamp="date", target="y", covariates=[], series_id=None, name="t.csv")
     with pytest.raises(InvalidDataError, match=r"row 2: no timestamp \(a blank cell\)"):
         validate_timeseries(pd.DataFrame({"date": ["2024-01-01", None, "2024-01-03"], "y": [1.0] * 3}),
                             timestamp="date", target="y", covariates=[], series_id=None, name="t.csv")
