@@ -237,13 +237,13 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         if stamp is None:
             raise bad_input(f"record {index}: field 'last_timestamp' must be an ISO 8601 timestamp string, "
                             f"got {value!r}")
-        local = parse_timestamp(value, local=True)
-        if not self.future.on_grid(stamp) and local == local.normalize() and self.future.on_grid(local):
-            stamp = local  # a date at local midnight, sent with its offset: the model's calendar holds local dates
-        if not self.future.on_grid(stamp):
+        if self.future.on_grid(stamp):
+            return stamp
+        local = parse_timestamp(value, local=True)  # a date at local midnight sent with its offset: a local date
+        if local != local.normalize() or not self.future.on_grid(local):
             raise bad_input(f"record {index}: field 'last_timestamp' {value!r} is not on the model's calendar "
                        f"(frequency {self.future.freq!r})")
-        return stamp
+        return local
 
     def _horizon(self, params: dict[str, Any] | None) -> int:
         """`params.horizon` within 1..serving.max_horizon. An integer literal too large for a float (thousands of
