@@ -138,9 +138,10 @@ def _required_inputs(model_uri: str) -> set[str]:
     return {spec.name for spec in signature.inputs.inputs if spec.name and getattr(spec, "required", True)}
 
 
-def _not_comparable(client: MlflowClient, name: str, current: str, split: str | None, candidate_uri: str,
-                    outputs: str | None = None) -> str | None:
-    """Why champion v`current` cannot be scored fairly on this retrain's holdout, or None when it can.
+def _not_comparable(name: str, current: str, tags: dict[str, str], split: str | None, candidate_uri: str,
+                    outputs: str | None) -> str | None:
+    """Why champion v`current` (its version tags `tags`) cannot be scored fairly on this retrain's holdout, or
+    None when it can.
 
     Three reasons: its holdout was drawn otherwise (another seed or fractions, or from before the split tag), so
     it may have trained on this holdout and its score there would be inflated for good; it reads an input
@@ -149,7 +150,6 @@ def _not_comparable(client: MlflowClient, name: str, current: str, split: str | 
     and kept on its score it would serve a task it no longer matches). Either way a champion that cannot be
     compared would block every retrain; the candidate must still beat the baseline.
     """
-    tags = client.get_model_version(name, current).tags
     if outputs is not None and OUTPUTS_TAG in tags and tags[OUTPUTS_TAG] != outputs:
         return (f"champion v{current} answers with {tags[OUTPUTS_TAG]}, this retrain's data with {outputs}: it "
                 "cannot answer for this task as it now is")
@@ -222,7 +222,8 @@ def promote(root: Path, task: str, params: Params, rescore, split: str | None = 
     undecided = _undecided_versions(client, name, entry["run_id"])
     version = undecided[0] if undecided else str(mlflow.register_model(entry["model_uri"], name).version)
     current = champion_version(client, name)
-    not_compared = (_not_comparable(client, name, current, split, entry["model_uri"], outputs)
+    champion_tags = client.get_model_version(name, current).tags if current is not None else {}
+    not_compared = (_not_comparable(name, current, champion_tags, split, entry["model_uri"], outputs)
                     if current is not None else None)
     champion_score = None
     if current is not None and not not_compared:
@@ -239,8 +240,7 @@ def promote(root: Path, task: str, params: Params, rescore, split: str | None = 
         promoted, reason = decide(candidate_score, champion_score, params.promote.min_improvement, metric.goal)
         if promoted and not_compared:
             reason = f"{not_compared}, so it is not compared; the candidate beats the baseline"
-    champion_serving = client.get_model_version(name, current).tags.get(SERVING_TAG) if current is not None else None
-    if not promoted and serving is not None and champion_serving not in (None, serving):
+    if not promoted and serving is not None and champion_tags.get(SERVING_TAG, serving) != serving:
         reason += (f"; the task's serving settings changed since champion v{current} was logged, and it keeps its "
                    "own: they take effect with the next promoted version")
 
