@@ -340,13 +340,12 @@ class TimeSeriesKind:
         thousands of long series from building every request at once."""
         horizon, stride = self.spec.evaluate.horizon, self.spec.evaluate.origin_stride
         runs: list[SeriesForecasts] = []
-        pending: list[tuple[SeriesForecasts, pd.DataFrame]] = []  # series whose records await one call
+        pending: list[tuple[SeriesForecasts, list[int], pd.DataFrame]] = []  # series whose records await one call
 
         def forecast_pending() -> None:
-            forecasts, intervals = forecaster(pd.concat([rows for _, rows in pending], ignore_index=True), horizon)
+            forecasts, intervals = forecaster(pd.concat([rows for *_, rows in pending], ignore_index=True), horizon)
             at = 0
-            for run, rows in pending:
-                origins = [origin for origin, _ in run.forecasts]
+            for run, origins, rows in pending:
                 runs.append(dataclasses.replace(run, forecasts=list(zip(origins, forecasts[at:at + len(rows)])),
                                                 intervals=list(intervals[at:at + len(rows)])))
                 at += len(rows)
@@ -366,8 +365,8 @@ class TimeSeriesKind:
             values = group[self.spec.target].to_numpy(dtype=np.float64)  # [T]
             observed = group[OBSERVED].to_numpy(dtype=bool) if OBSERVED in group else None  # [T]
             pending.append((SeriesForecasts(str(sid), pd.DatetimeIndex(group["timestamp"]), values,
-                                            int((group["split"] == "train").sum()), first, end,
-                                            [(origin, values[:0]) for origin in origins], observed=observed), rows))
+                                            int((group["split"] == "train").sum()), first, end, [],
+                                            observed=observed), origins, rows))
             steps += size
         forecast_pending()
         return runs
