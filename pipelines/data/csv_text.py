@@ -69,8 +69,9 @@ def _normalised(text: str) -> str:
 
 
 def duplicate_columns(text: str) -> list[str]:
-    """The names the header line (the first record) gives more than one column, in order."""
-    header = next(csv.reader(io.StringIO(text)), [])
+    """The names the header line (the first record) gives more than one column, in order, spaces around a name
+    not counted (`date, value` names `value`: what the reader makes of it)."""
+    header = [name.strip() for name in next(csv.reader(io.StringIO(text)), [])]
     return [name for name, count in Counter(header).items() if count > 1]
 
 

@@ -92,6 +92,8 @@ def read_table(path: Path, strings: bool = False) -> pd.DataFrame:
     where pandas' default reads those words as missing values (series tasks rely on it for "NA") and a
     column of numbers as numbers.
     A file that is one column named like "a;b" was written with another separator: refused, saying so.
+    Column names lose the spaces around them: a header written `date, value` names the column `value`, as the
+    user who typed it meant, not ` value`, which no `target:` names.
     """
     if not path.is_file():
         raise SourceError(f"{path}: no such file")
@@ -120,7 +122,7 @@ def _read_csv(path: Path, strings: bool) -> pd.DataFrame:
         raise SourceError(f"{path}: cannot be read as csv: {where or e}{_separator_hint(text)}") from None
     if len(frame.columns) == 1 and (hint := _separator_hint(text)):
         raise SourceError(f"{path}: one column {str(frame.columns[0])!r}{hint}")
-    return frame
+    return frame.rename(columns=lambda name: name.strip() if isinstance(name, str) else name)
 
 
 _OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "bars"}

@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.config import load_params
 from pipelines.data.ingest import ingest
-from pipelines.data.sources import SourceError
+from pipelines.data.sources import SourceError, read_table
 from pipelines.data.validate import InvalidDataError, fill_gaps, validate_timeseries
 from pipelines.project import raw_path
 
@@ -87,6 +87,18 @@ def test_a_value_whose_statistics_overflow_is_refused() -> None:
     bad.loc[4, "co2"] = 1e200
     with pytest.raises(InvalidDataError, match=r"column 'co2' row 5: 1e\+200 is too large to learn from"):
         _validate(bad)
+
+
+def test_a_header_with_spaces_after_its_commas_names_its_columns_without_them(tmp_path: Path) -> None:
+    """`date, co2` named the column ' co2': "missing column 'co2'" for a file that has it."""
+    path = tmp_path / "weekly.csv"
+    path.write_text("date, co2\n2020-01-04, 1.0\n2020-01-11, 2.5\n2020-01-18, 3.0\n")
+    frame = _validate(read_table(path))
+    assert frame["co2"].tolist() == [1.0, 2.5, 3.0]
+    assert frame["timestamp"].dt.strftime("%Y-%m-%d").tolist() == ["2020-01-04", "2020-01-11", "2020-01-18"]
+    path.write_text("date,co2, co2\n2020-01-04,1.0,2.0\n")
+    with pytest.raises(SourceError, match=r"the header names column 'co2' more than once"):
+        read_table(path)
 
 
 def test_gaps_are_kept_as_nan_and_filled_by_interpolation() -> None:
