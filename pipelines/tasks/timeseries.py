@@ -423,13 +423,19 @@ class TimeSeriesKind:
 
     def calibrate(self, frame: pd.DataFrame, model: Any, validation: Scored) -> Calibration:
         """Conformal residuals of the rolling-origin forecasts `score` made of the validation segment
-        (pipelines/evaluate/intervals.py): no forecast is made twice."""
+        (pipelines/evaluate/intervals.py): no forecast is made twice. A step whose actual was a filled gap has
+        no residual: the interval is for what will be measured, not for what gap filling drew in."""
         from pipelines.evaluate.intervals import calibration_payload, residual_rows
 
         horizon = self.spec.evaluate.horizon
-        residuals = residual_rows(((run.values[:origin], forecast, run.values[origin:min(origin + horizon, run.end)])
+        residuals = residual_rows(((run.values[:origin], forecast, self._measured(run, origin, horizon))
                                    for run in validation.details for origin, forecast in run.forecasts), horizon)
         return Calibration(calibration_payload(residuals), {"calibration_origins": float(len(residuals))})
+
+    @staticmethod
+    def _measured(run: SeriesForecasts, origin: int, horizon: int) -> np.ndarray:
+        actual, measured = run.actual(origin, horizon)  # [<= H], [<= H] bool
+        return np.where(measured, actual, np.nan)  # [<= H]
 
     def plot_calibration(self, run_id: str, title: str, calibration: Calibration) -> None:
         """The intervals are drawn on the forecast plot (`plot`): nothing more to draw."""

@@ -349,3 +349,20 @@ def test_filled_gaps_are_not_scored_as_actuals(tmp_path: Path) -> None:
     assert [actual for step, actual in steps if step in (180, 181, 182)] == pytest.approx(filled.tolist())
     measured = [abs(actual) for step, actual in steps if step not in (180, 181, 182)]
     assert kind.forecast_metrics(runs)["mae"] == pytest.approx(np.mean(measured))  # the filled steps left out
+
+
+def test_filled_gaps_give_no_conformal_residuals(tmp_path: Path) -> None:
+    """The intervals were calibrated on residuals against filled values too: what gap filling drew in is not
+    what the interval has to cover."""
+    spec = Params.model_validate({"tasks": {"gappy": {**TINY_FORECAST, "source": "gappy.csv"}}}).task("gappy")
+    kind = kind_for(spec)
+    horizon = spec.evaluate.horizon
+    values = np.arange(100.0)  # [100]
+    observed = np.ones(100, dtype=bool)
+    observed[62:65] = False  # three filled steps inside the forecast from origin 60
+    run = SeriesForecasts(series_id="main", timestamps=pd.date_range("2020-01-05", periods=100, freq="W-SUN"),
+                          values=values, n_train=50, first=50, end=100, observed=observed,
+                          forecasts=[(60, np.zeros(horizon)), (80, np.zeros(horizon))])
+    payload = kind.calibrate(pd.DataFrame(), None, Scored({}, [run])).payload
+    counts = [len(step) for step in payload["residuals"]]  # per horizon step: origins with a measured actual
+    assert counts == [2, 2, 1, 1, 1] + [2] * (horizon - 5)
