@@ -60,7 +60,7 @@ def validate_timeseries(frame: pd.DataFrame, *, timestamp: str, target: str, cov
             raise InvalidDataError(f"{name}: column {timestamp!r} row {row}: no timestamp (a blank cell)")
         stored = f"{pd.Timestamp.min:%Y-%m-%d} to {pd.Timestamp.max:%Y-%m-%d}"
         why = f"is outside the timestamps seqops can store ({stored})" if outside_range(value) else "is not a timestamp"
-        raise InvalidDataError(f"{name}: column {timestamp!r} row {row}: {value!r} {why}")
+        raise InvalidDataError(f"{name}: column {timestamp!r} row {row}: {value!r} {why}{_day_first_hint(value)}")
     out["timestamp"] = stamps.to_numpy()
 
     for column in [target, *covariates]:
@@ -115,9 +115,9 @@ IRREGULAR_SHARE = 0.9  # an inferred grid holding fewer of the timestamps than t
 def regular_grid(group: pd.DataFrame, freq: str | None = None) -> pd.DataFrame:
     """Reindex one series onto its calendar grid (`freq`, or the inferred one), so missing rows become NaN.
 
-    A series with a timestamp off that grid is an error naming its row (the group's index is the
-    row's position in the file) rather than a silent resample; so is a grid more than half gaps, which
-    is a misread timestamp or a `freq` finer than the data far more often than a recording: day-first
+    A series with a timestamp off that grid is an error naming its row (the group's index is the row's
+    position in the file, or a label saying where the row is) rather than a silent resample; so is a grid
+    more than half gaps, which is a misread timestamp or a `freq` finer than the data far more often than a recording: day-first
     monthly dates read month-first became 12 days a year on a daily grid, 97 % of it interpolated.
     """
     stamps = pd.DatetimeIndex(group["timestamp"])
@@ -131,15 +131,23 @@ def regular_grid(group: pd.DataFrame, freq: str | None = None) -> pd.DataFrame:
     if not declared and share < IRREGULAR_SHARE:
         raise InvalidDataError(
             f"series {group['series_id'].iloc[0]!r}: its timestamps are irregular: no frequency holds them (the "
-            f"best, {freq!r}, holds {share:.0%}; row {int(group.index[off]) + 1} is "
+            f"best, {freq!r}, holds {share:.0%}; {_row(group.index[off])} is "
             f"{stamps[off]}). seqops forecasts on a regular grid: resample the file to one first (for instance "
             f"pandas' df.resample('h', on='timestamp').mean()), then set the task's `freq:` to it")
     if off is not None:
         raise InvalidDataError(
-            f"series {group['series_id'].iloc[0]!r}: row {int(group.index[off]) + 1} ({stamps[off]}) is not on "
+            f"series {group['series_id'].iloc[0]!r}: {_row(group.index[off])} ({stamps[off]}) is not on "
             f"the {'declared' if declared else 'inferred'} frequency {freq!r} of a grid starting at {stamps[0]}; "
             f"set the task's `freq:` to the pandas offset alias of the data, or fix that row")
     if len(grid) > MAX_GAP_SHARE_FACTOR * len(stamps):
+        if (alone := _stray_end(stamps, freq)) is not None:
+            neighbour = stamps[1] if alone == 0 else stamps[-2]
+            raise InvalidDataError(
+                f"series {group['series_id'].iloc[0]!r}: {_row(group.index[alone])} ({stamps[alone]}) lies "
+                f"far {'before' if alone == 0 else 'after'} the others (the {'next' if alone == 0 else 'previous'} "
+                f"is {neighbour}): its grid would be more than half made-up values. A placeholder for an open "
+                f"{'start' if alone == 0 else 'end'} (such as {'1900-01-01' if alone == 0 else '2099-12-31'})? "
+                f"Remove that row, or fix its date")
         first = ", ".join(str(stamp) for stamp in stamps[:3])
         raise InvalidDataError(
             f"series {group['series_id'].iloc[0]!r}: its {len(stamps)} timestamps fill {len(stamps) / len(grid):.0%} "
@@ -151,6 +159,38 @@ def regular_grid(group: pd.DataFrame, freq: str | None = None) -> pd.DataFrame:
     filled = group.set_index("timestamp").reindex(grid)
     filled["series_id"] = group["series_id"].iloc[0]
     return filled.rename_axis("timestamp").reset_index()[group.columns]
+
+
+_DAY_FIRST = re.compile(r"(\d{1,2})[/.-](\d{1,2})[/.-]\d{2,4}(?:\s.*)?")
+
+
+def _day_first_hint(value: object) -> str:
+    """`: read day first it is 13 January 2020 ...` for a value whose first number cannot be a month, where the
+    column's earlier values (`12/01/2020`) were read month first, as pandas reads a first value that allows it."""
+    match = _DAY_FIRST.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None or not 12 < int(match[1]) <= 31 or int(match[2]) > 12:
+        return ""
+    day_first = pd.to_datetime(value, dayfirst=True, errors="coerce")
+    if pd.isna(day_first):
+        return ""
+    return (f": read day first it is {day_first.day} {day_first:%B %Y}, but the column's first values were read "
+            f"month first; write the dates as YYYY-MM-DD ({day_first:%Y-%m-%d}), which has one reading")
+
+
+def _row(label: object) -> str:
+    """`row 7` for the index label 6 (a position in the file); a string label names the row itself."""
+    return label if isinstance(label, str) else f"row {int(label) + 1}"
+
+
+def _stray_end(stamps: pd.DatetimeIndex, freq: str) -> int | None:
+    """The position (0 or the last) of the one timestamp whose removal brings the grid within
+    MAX_GAP_SHARE_FACTOR of the rest: a placeholder date at an end, not a misread column."""
+    for position in (len(stamps) - 1, 0):
+        rest = stamps.delete(position)
+        if len(rest) >= 2 and first_off_grid(rest, freq) is None \
+                and len(calendar_grid(rest, freq)) <= MAX_GAP_SHARE_FACTOR * len(rest):
+            return position
+    return None
 
 
 def fill_gaps(frame: pd.DataFrame, value_columns: list[str], method: str, freq: str | None = None,

@@ -155,14 +155,17 @@ class TimeSeriesKind:
                     f"{last[sid]}{where} already in the raw data; append only adds later rows "
                     f"(use --mode replace to rewrite history)")
         merged = pd.concat([existing, new], ignore_index=True)
+        # each row labelled by where it comes from, so a grid error names the file's row, not the merged table's
+        merged.index = pd.Index([f"the raw data's row {i + 1}" for i in range(len(existing))]
+                                + [f"row {i + 1}" for i in range(len(new))])
         order = {sid: i for i, sid in enumerate(pd.unique(merged["series_id"]))}
-        merged = merged.sort_values("series_id", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+        merged = merged.sort_values("series_id", key=lambda s: s.map(order), kind="stable")
         for _, group in merged.groupby("series_id", sort=False):
             try:
-                regular_grid(group.reset_index(drop=True), spec.freq)
+                regular_grid(group, spec.freq)
             except InvalidDataError as e:
                 raise InvalidDataError(f"{name}: after appending, {e}") from None
-        return merged, {}
+        return merged.reset_index(drop=True), {}
 
     def split(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Label each row train / validation / holdout, the last steps of every series held out."""

@@ -74,7 +74,8 @@ def test_appended_weeks_become_a_new_pushed_and_committed_data_version(forecast:
 
 @pytest.mark.parametrize("make_file, message", [
     (lambda root: weeks_after(root, 4, offset=-1), "is not after the last timestamp"),
-    (lambda root: weeks_after(root, 4).assign(date=lambda f: f["date"] + "T03:00"), "is not on the inferred frequency .W-SAT."),
+    (lambda root: weeks_after(root, 4).assign(date=lambda f: f["date"] + "T03:00"),
+     r"after appending, series 'main': row 1 \(.*\) is not on the inferred frequency .W-SAT."),
     (lambda root: weeks_after(root, 4).rename(columns={"co2": "ppm"}), "missing column 'co2'"),
     (lambda root: weeks_after(root, 4).assign(co2=["372", "x", "373", "374"]), "row 2: 'x' is not a number"),
 ])

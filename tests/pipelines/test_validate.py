@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -53,6 +54,27 @@ def test_unparseable_timestamp_is_named() -> None:
     bad.loc[1, "date"] = "not a date"
     with pytest.raises(InvalidDataError, match=r"column 'date' row 2: 'not a date' is not a timestamp"):
         _validate(bad)
+
+
+def test_a_day_first_date_after_month_first_readings_says_so() -> None:
+    """pandas reads a column month first when its first value allows it; `13/01/2020` was only "not a timestamp"."""
+    days = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=20, freq="D").strftime("%d/%m/%Y"),
+                         "co2": np.arange(20.0)})
+    with pytest.raises(InvalidDataError, match=r"row 13: '13/01/2020' is not a timestamp: read day first it is 13 "
+                                               r"January 2020, .* write the dates as YYYY-MM-DD \(2020-01-13\)"):
+        _validate(days)
+    with pytest.raises(InvalidDataError, match=r"'2020-13-45' is not a timestamp$"):
+        _validate(GOOD.assign(date=GOOD["date"].where(GOOD.index != 2, "2020-13-45")))
+
+
+@pytest.mark.parametrize("row, stamp, where", [(30, "2099-12-31", "after"), (1, "1900-01-01", "before")])
+def test_a_placeholder_date_at_an_end_is_named(row: int, stamp: str, where: str) -> None:
+    """An open end written as 2099-12-31 was blamed on misread dates or a wrong `freq:`, the row unnamed."""
+    dates = pd.date_range("2020-01-01", periods=30, freq="D").strftime("%Y-%m-%d").tolist()
+    dates[row - 1] = stamp
+    frame = _validate(pd.DataFrame({"date": dates, "co2": np.arange(30.0)}))
+    with pytest.raises(InvalidDataError, match=rf"row {row} \({stamp} 00:00:00\) lies far {where} the others"):
+        fill_gaps(frame, ["co2"], "interpolate")
 
 
 def _stores(ids: list, values: list) -> pd.DataFrame:
