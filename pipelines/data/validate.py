@@ -117,8 +117,9 @@ def regular_grid(group: pd.DataFrame, freq: str | None = None) -> pd.DataFrame:
 
     A series with a timestamp off that grid is an error naming its row (the group's index is the row's
     position in the file, or a label saying where the row is) rather than a silent resample; so is a grid
-    more than half gaps, which is a misread timestamp or a `freq` finer than the data far more often than a recording: day-first
-    monthly dates read month-first became 12 days a year on a daily grid, 97 % of it interpolated.
+    more than half gaps, which is a misread timestamp or a `freq` finer than the data far more often than a
+    recording: day-first monthly dates read month-first became 12 days a year on a daily grid, 97 % of it
+    interpolated; or one placeholder date at an end (`_stray_end`), which is named.
     """
     stamps = pd.DatetimeIndex(group["timestamp"])
     if len(stamps) < 2:
