@@ -23,7 +23,7 @@ from pipelines.project import params_path
 
 Transform = Literal["none", "log", "boxcox"]
 Smoothing = Literal["none", "holt_winters"]
-Scaling = Literal["global", "window"]
+Scaling = Literal["global", "series", "window"]
 
 
 class VariantPrepare(_Strict):
@@ -243,8 +243,8 @@ class TimeSeriesTask(_Strict):
         if self.training.mode == "stateful" and (self.prepare.smoothing != "none" or self.prepare.scaling != "global"
                                                  or any(v.prepare for v in self.variants or [])):
             raise ValueError("training.mode: stateful reads each series in chunks with the task's one transform: "
-                             "prepare.smoothing, prepare.scaling: window (they need the whole window or series) and "
-                             "a variant's own prepare options need mode: window")
+                             "prepare.smoothing, prepare.scaling: window or series (they need the whole window or "
+                             "series) and a variant's own prepare options need mode: window")
         columns = [self.target, *self.covariates, *self.known_covariates]
         if len(set(columns)) != len(columns):
             raise ValueError(f"target, covariates and known_covariates must name different columns, got {columns}")
@@ -403,7 +403,7 @@ class Metric(_Strict):
 
 class Promote(_Strict):
     metrics: dict[Literal["timeseries", "text"], Metric] = {
-        "timeseries": Metric(name="mae", goal="minimize"),
+        "timeseries": Metric(name="mase", goal="minimize"),
         "text": Metric(name="macro_f1", goal="maximize"),
     }
     min_improvement: Annotated[float, Field(ge=0.0)] = 0.0

@@ -45,7 +45,11 @@ class SeriesTransform:
        through the same filter.
     3. standard scaling per feature with the training statistics (`mean`, `std`), then with `scaling:
        window` each input window is normalised again by its own last `window` steps (RevIN-style) and
-       the forecast de-normalised by the same statistics, so a level never seen in training looks familiar.
+       the forecast de-normalised by the same statistics, so a level never seen in training looks familiar;
+       with `scaling: series` each series is normalised again by the statistics of its whole history (in
+       training its training split, at serving the request's history), so in a task whose series differ in
+       scale (GDP in billions beside an interest rate in percent) each one reaches the network at unit
+       scale, as it would in a task of its own, instead of the small ones reading as flat lines.
 
     Fields after `std` were added later; a transform.json without them loads as step 3's global scaling
     after optional first differencing, as every model registered before them was trained.
@@ -62,7 +66,7 @@ class SeriesTransform:
     smoothing: str = "none"                 # none | holt_winters
     alpha: float = 0.0
     gamma: float = 0.0
-    scaling: str = "global"                 # global | window
+    scaling: str = "global"                 # global | series | window
     window: int = 0
 
     @classmethod
@@ -141,20 +145,38 @@ class SeriesTransform:
         return ((values - np.asarray(self.mean)) / np.asarray(self.std)).astype(np.float32)
 
     def window_stats(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-feature mean and std [F] of the last `window` rows of network-space z [T', F] (std guarded)."""
-        part = np.asarray(z, dtype=np.float64)[-self.window:] if self.window else np.asarray(z, dtype=np.float64)
+        """Per-feature mean and std [F] of network-space z [T', F] (std guarded) that `scaling` normalises by:
+        its last `window` rows (window), or all of it (series: z is the series' history)."""
+        part = np.asarray(z, dtype=np.float64)
+        if self.scaling == "window" and self.window:
+            part = part[-self.window:]
         mean, std = _moments(part, axis=0)  # [1, F] each
         return mean[0], std[0]
+
+    @property
+    def rescales(self) -> bool:
+        """Whether inputs are normalised again after the global scaling (`scaling` window or series)."""
+        return self.scaling in ("window", "series")
+
+    def scale_series(self, z: np.ndarray, n_train: int) -> np.ndarray:
+        """`scaling: series`: one series' network-space values z [T', F] normalised by the statistics of its first
+        `n_train` rows (its training split), as the statistics of a request's history normalise it at serving;
+        z unchanged otherwise."""
+        if self.scaling != "series":
+            return z
+        mean, std = self.window_stats(z[:max(1, n_train)])
+        return ((z - mean) / std).astype(np.float32)  # [T', F]
 
     def to_inputs(self, values: np.ndarray, context: int | None = None) -> np.ndarray:
         """Raw [T, F] -> network space [T - lost_steps, F].
 
         With `scaling: window` every feature is normalised by the statistics of the `window` network steps
         ending at raw row `context` (default: the last row; a caller that appends future rows passes the
-        history's length so the statistics never see them).
+        history's length so the statistics never see them); with `scaling: series` by those of every step
+        up to there.
         """
         z = self.encode(values)  # [T', F]
-        if self.scaling != "window":
+        if not self.rescales:
             return z
         end = len(z) if context is None else max(1, context - self.lost_steps)
         mean, std = self.window_stats(z[:end])
@@ -174,7 +196,7 @@ class SeriesTransform:
         states, and window statistics, computed once for every path."""
         history = np.asarray(history, dtype=np.float64)
         r = np.asarray(predicted, dtype=np.float64)  # [..., H]
-        if self.scaling == "window":
+        if self.rescales:
             single = dataclasses.replace(self, columns=self.columns[:1], mean=self.mean[:1], std=self.std[:1])
             mean, std = self.window_stats(single.encode(history[:, None]))
             r = r * std[0] + mean[0]

@@ -69,6 +69,16 @@ class SeriesForecasts:
                                           else self.observed[origin:stop])
 
 
+def _mase_scale(train: np.ndarray, season: int) -> float:
+    """The in-sample seasonal-naive MAE of a series' training values [n_train]; for an exactly seasonal series
+    (zero) the one-step naive MAE, and for one constant over training a floor of 1e-12 of its size, which keeps
+    its MASE finite (0 for an exact forecast, very large otherwise) rather than a division by zero."""
+    for lag in (season, 1):
+        if len(train) > lag and (scale := float(np.mean(np.abs(train[lag:] - train[:-lag])))) > 0:
+            return scale
+    return 1e-12 * max(float(np.max(np.abs(train))) if len(train) else 0.0, 1.0)
+
+
 def pyfunc_forecaster(model: Any, levels: list[float] | None = None) -> Forecaster:
     """A loaded forecast pyfunc as a Forecaster: request rows and a horizon in, one forecast per row out,
     with its intervals at `levels` when the model is calibrated (else {} per forecast)."""
@@ -378,26 +388,27 @@ class TimeSeriesKind:
         """MAE, RMSE and MASE over every forecast step that has a measured actual inside its segment (a gap
         filled at prepare is not scored: forecasts are compared with the data, not with the filling).
 
-        MASE scales by the in-sample seasonal-naive MAE of the training segment (Hyndman & Koehler),
-        averaged over series, so a value below 1 beats last season's values on average.
+        MASE is each series' MAE scaled by its own in-sample seasonal-naive MAE over the training segment
+        (Hyndman & Koehler), then averaged over the series (as M4 scores a panel), so a value below 1 beats
+        last season's values on average and a series in thousands weighs no more than one in units; MAE and
+        RMSE pool the steps in the data's own units. `_mase_scale` says what scales a series without a
+        seasonal-naive error.
         """
         season, horizon = self.spec.prepare.season, self.spec.evaluate.horizon
-        errors, scales = [], []
+        errors, mases = [], []
         for run in runs:
-            train = run.values[:run.n_train]  # [n_train]
-            scales.append(np.mean(np.abs(train[season:] - train[:-season])))
-            for origin, forecast in run.forecasts:
-                actual, measured = run.actual(origin, horizon)  # [<= H], [<= H] bool
-                errors.append((forecast[:len(actual)] - actual)[measured])
-        error = np.concatenate(errors)
-        if not len(error):
+            own = [(forecast[:len(actual)] - actual)[measured]
+                   for origin, forecast in run.forecasts
+                   for actual, measured in [run.actual(origin, horizon)]]  # each [<= H]
+            own = np.concatenate(own) if own else np.empty(0)  # [steps scored]
+            if len(own):
+                errors.append(own)
+                mases.append(float(np.mean(np.abs(own))) / _mase_scale(run.values[:run.n_train], season))
+        if not errors:
             return {"mae": math.nan, "rmse": math.nan, "mase": math.nan}  # nothing measured: nothing to score
-        mae = float(np.mean(np.abs(error)))
-        # an exactly seasonal series has no seasonal-naive error to scale by: a floor keeps MASE finite
-        # (0 for an exact forecast, very large otherwise) instead of dividing by zero
-        size = max(float(np.max(np.abs(run.values[:run.n_train]))) for run in runs)
-        scale = max(float(np.mean(scales)), 1e-12 * max(size, 1.0))
-        return {"mae": mae, "rmse": float(np.sqrt(np.mean(error ** 2))), "mase": mae / scale}
+        error = np.concatenate(errors)  # [steps scored]
+        return {"mae": float(np.mean(np.abs(error))), "rmse": float(np.sqrt(np.mean(error ** 2))),
+                "mase": float(np.mean(mases))}
 
     def interval_metrics(self, runs: list[SeriesForecasts]) -> dict[str, float]:
         """Coverage, mean width and Winkler score per level over every forecast step with a measured actual."""

@@ -40,8 +40,9 @@ class _Dicts(Dataset):
 
 def load_segments(prepared: Path, transform_file: str = "transform.json"
                   ) -> tuple[SeriesTransform, list[tuple[np.ndarray, int, int]]]:
-    """The transform and, per series, (network-space values [T', F], n_train', n_validation), globally scaled:
-    window scaling (`transform.scale_windows`) is applied to each window the datamodule cuts."""
+    """The transform and, per series, (network-space values [T', F], n_train', n_validation), globally scaled and,
+    under `scaling: series`, by the series' training statistics (`transform.scale_series`): window scaling
+    (`transform.scale_windows`) is applied to each window the datamodule cuts."""
     transform = SeriesTransform.load(prepared / transform_file)
     series = pd.read_parquet(prepared / "series.parquet")
     segments = []
@@ -49,7 +50,7 @@ def load_segments(prepared: Path, transform_file: str = "transform.json"
         z = transform.encode(group[list(transform.columns)].to_numpy())
         n_train = int((group["split"] == "train").sum()) - transform.lost_steps
         n_val = int((group["split"] == "validation").sum())
-        segments.append((z, n_train, n_val))
+        segments.append((transform.scale_series(z, n_train), n_train, n_val))
     return transform, segments
 
 

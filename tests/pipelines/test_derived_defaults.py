@@ -108,6 +108,18 @@ def test_the_default_family_has_a_hybrid_variant_where_the_smoothing_can_be_fitt
     assert [v.name for v in short.variants] == ["lstm", "gru"]
 
 
+def test_a_panel_adds_a_variant_scaled_per_series_beside_the_family() -> None:
+    """One task-wide scaling read a small series beside a large one as a flat line (bench/panels.py)."""
+    single, _ = resolve(TimeSeriesTask.model_validate(FIVE_LINES), monthly(240))
+    panel = pd.concat([monthly(240), monthly(240).assign(series_id="b", y=lambda f: f["y"] * 1000)])
+    spec, derived = resolve(TimeSeriesTask.model_validate(FIVE_LINES), panel)
+    assert [v.name for v in spec.variants] == [v.name for v in single.variants] + ["gru-series"]
+    assert spec.prepare.for_variant(spec.variants[-1]).scaling == "series" and spec.prepare.scaling == "global"
+    assert "gru-series" in derived["variants"]
+    stateful, _ = resolve(TimeSeriesTask.model_validate({**FIVE_LINES, "training": {"mode": "stateful"}}), panel)
+    assert "gru-series" not in [v.name for v in stateful.variants]  # its streams read the task's one transform
+
+
 def test_a_bad_freq_is_refused_on_load_naming_the_key(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tasks": {"sales": {**FIVE_LINES, "freq": "monthly"}}}))
     with pytest.raises(ConfigError, match=r"tasks\.sales\.freq: .*'monthly' is not a pandas offset alias"):

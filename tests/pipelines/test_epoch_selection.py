@@ -67,14 +67,14 @@ def test_a_forecast_variant_keeps_the_epoch_whose_validation_forecasts_evaluate_
 
     entry, = json.loads(train_record(project, "forecast").read_text())["variants"]
     client = MlflowClient()
-    history = [m.value for m in sorted(client.get_metric_history(entry["run_id"], "val_forecast_mae"),
+    history = [m.value for m in sorted(client.get_metric_history(entry["run_id"], "val_forecast_mase"),
                                        key=lambda m: m.step)]
     run = client.get_run(entry["run_id"]).data.metrics
     assert len(history) == 4  # one score per epoch, beside val_loss
     assert run["best_epoch"] == history.index(min(history))
     # evaluate loads the logged pyfunc and scores the same validation origins: the kept epoch's score
     variant = json.loads(metrics_file(project, "forecast").read_text())["variants"]["lstm"]
-    assert math.isclose(variant["validation_mae"], min(history), rel_tol=1e-5)
+    assert math.isclose(variant["validation_mase"], min(history), rel_tol=1e-5)
     assert math.isclose(entry["val_loss"], run["best_val_loss"]) and math.isfinite(entry["val_loss"])
 
 

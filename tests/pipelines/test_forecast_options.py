@@ -75,7 +75,9 @@ def forecast_params(tmp_path: Path, task: dict) -> Path:
 @pytest.mark.parametrize("task, message", [
     ({"prepare": {"transform": "sqrt"}},
      r"tasks\.forecast\.prepare\.transform: Input should be 'none', 'log' or 'boxcox'"),
-    ({"prepare": {"scaling": "robust"}}, r"tasks\.forecast\.prepare\.scaling: Input should be 'global' or 'window'"),
+    ({"prepare": {"scaling": "robust"}},
+     r"tasks\.forecast\.prepare\.scaling: Input should be 'global', 'series' or 'window'"),
+    ({"training": {"mode": "stateful"}, "prepare": {"scaling": "series"}}, r"prepare\.scaling: window or series"),
     ({"prepare": {"smoothing": "holt_winters"}}, r"smoothing: holt_winters replaces differencing"),
     ({"prepare": {"seasonal_difference": True}}, r"serving\.min_history \(53\) must exceed prepare\.season \(52\) "
                                                  r"and the 53 steps"),

@@ -34,9 +34,9 @@ def store(project: Path) -> Path:
     return project
 
 
-def _candidate(root: Path, holdout_mae: float, inputs: tuple[str, ...] = ()) -> None:
+def _candidate(root: Path, holdout_score: float, inputs: tuple[str, ...] = ()) -> None:
     """A retrain's outputs as evaluate leaves them: one logged model (its signature requiring `inputs`, if any)
-    and its holdout score."""
+    and its holdout score on the gate's metric."""
     signature = infer_signature(pd.DataFrame({name: [1.0] for name in inputs})) if inputs else None
     with mlflow.start_run(experiment_id=ensure_experiment("forecast", root)) as run:
         info = mlflow.pyfunc.log_model(name="model", python_model=_Constant(), pip_requirements=["mlflow"],
@@ -45,7 +45,9 @@ def _candidate(root: Path, holdout_mae: float, inputs: tuple[str, ...] = ()) -> 
     train_record(root, "forecast").write_text(json.dumps({"variants": [
         {"variant": "lstm", "run_id": run.info.run_id, "model_uri": info.model_uri, "val_loss": 0.1}]}))
     metrics_file(root, "forecast").parent.mkdir(parents=True, exist_ok=True)
-    metrics_file(root, "forecast").write_text(json.dumps({"best_variant": "lstm", "variants": {"lstm": {"mae": holdout_mae}}}))
+    metric = load_params(root).promote.metric_for("timeseries").name
+    metrics_file(root, "forecast").write_text(json.dumps({"best_variant": "lstm",
+                                                          "variants": {"lstm": {metric: holdout_score}}}))
 
 
 def _promote(root: Path, candidate: float, champion: float, min_improvement: float = 0.0) -> registry.Decision:

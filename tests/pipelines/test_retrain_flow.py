@@ -100,8 +100,8 @@ def test_the_parent_run_shows_the_retrains_outcome(trained) -> None:
     rows = {**outcome["variants"], **outcome["baselines"]}
     experiment = client.get_experiment_by_name("seqops-forecast")
     parent, = [r for r in client.search_runs([experiment.experiment_id]) if not r.data.tags.get("mlflow.parentRunId")]
-    assert parent.data.metrics == {"holdout_mae": rows[outcome["chosen"]]["mae"],
-                                   "holdout_baseline_mae": rows[outcome["best_baseline"]]["mae"]}
+    assert parent.data.metrics == {"holdout_mase": rows[outcome["chosen"]]["mase"],
+                                   "holdout_baseline_mase": rows[outcome["best_baseline"]]["mase"]}
     assert parent.data.tags["seqops.chosen"] == outcome["chosen"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -13,6 +14,7 @@ from pipelines.data import versioning
 from pipelines.data.ingest import ingest
 from pipelines.prepare.features import (SeriesTransform, TransformError, horizon_windows, seasonal_naive,
                                        training_windows)
+from pipelines.train.datamodules import load_segments
 from tests.conftest import REPO, make_project
 
 
@@ -55,6 +57,7 @@ OPTIONS = {
     "holt_winters": {"difference": False, "smoothing": "holt_winters"},
     "holt_winters_log": {"difference": False, "smoothing": "holt_winters", "target_transform": "log"},
     "window_scaling": {"difference": True, "scaling": "window", "window": 36},
+    "series_scaling": {"difference": True, "scaling": "series"},
     "everything_but_smoothing": {"difference": True, "seasonal_difference": True, "target_transform": "boxcox",
                                  "scaling": "window", "window": 24},
 }
@@ -74,7 +77,7 @@ def test_every_option_round_trips_raw_to_inputs_to_target(option: str) -> None:
     np.testing.assert_allclose(restored, values[origin:, 0], rtol=1e-5)
 
 
-@pytest.mark.parametrize("option", ["seasonal_difference", "holt_winters_log", "window_scaling"])
+@pytest.mark.parametrize("option", ["seasonal_difference", "holt_winters_log", "window_scaling", "series_scaling"])
 def test_sample_paths_come_back_as_each_path_would_alone(option: str) -> None:
     values = multiplicative_series()
     kwargs = OPTIONS[option]
@@ -110,6 +113,30 @@ def test_window_scaling_normalises_each_training_window_by_its_own_statistics() 
     np.testing.assert_allclose(scaled_x.std(axis=1), 1.0, atol=1e-4)
     shift = np.broadcast_to(1.0 / x[:, :, :1].std(axis=1, keepdims=True), scaled_y.shape)  # [4, 24, 1]
     np.testing.assert_allclose(scaled_y - scaled_x[:, :, :1], shift, rtol=1e-4)
+
+
+def test_series_scaling_gives_every_series_of_a_panel_unit_scale_as_it_is_served(tmp_path: Path) -> None:
+    """Under one task-wide scaling a rate in percent beside a series in thousands reached the network as a flat
+    line shifted by the large one's mean step (MASE 315 on bench/panels.py's consumption + interest panel)."""
+    t = np.arange(120, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    panel = {"gdp": 5000 + 40 * t + rng.normal(0, 30, 120), "rate": 5 + np.sin(t / 6) + rng.normal(0, 0.1, 120)}
+    splits = ["train"] * 90 + ["validation"] * 15 + ["holdout"] * 15
+    pd.DataFrame({"series_id": np.repeat(list(panel), 120), "split": splits * 2,
+                  "y": np.concatenate(list(panel.values()))}).to_parquet(tmp_path / "series.parquet")
+    for scaling in ("global", "series"):
+        SeriesTransform.fit([v[:90, None] for v in panel.values()], ["y"], True, scaling=scaling,
+                            series_ids=list(panel)).save(tmp_path / f"{scaling}.json")
+    _, flat = load_segments(tmp_path, "global.json")
+    assert np.std(flat[1][0][:89]) < 0.05  # the rate, task-wide: a flat line
+    transform, segments = load_segments(tmp_path, "series.json")
+    for (z, n_train, _), values in zip(segments, panel.values()):
+        np.testing.assert_allclose(z[:n_train].mean(axis=0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(z[:n_train].std(axis=0), 1.0, atol=1e-4)
+        # the validation segment's first origin, served from the training rows: the same inputs training read
+        np.testing.assert_allclose(transform.to_inputs(values[:90, None]), z[:n_train], rtol=1e-5, atol=1e-5)
+        restored = transform.to_target(z[n_train:n_train + 15, 0], history=values[:90])
+        np.testing.assert_allclose(restored, values[90:105], rtol=1e-5)
 
 
 def test_a_transform_json_written_before_the_options_loads_as_it_forecast(tmp_path: Path) -> None:

@@ -366,3 +366,18 @@ def test_filled_gaps_give_no_conformal_residuals(tmp_path: Path) -> None:
     payload = kind.calibrate(pd.DataFrame(), None, Scored({}, [run])).payload
     counts = [len(step) for step in payload["residuals"]]  # per horizon step: origins with a measured actual
     assert counts == [2, 2, 1, 1, 1] + [2] * (horizon - 5)
+
+
+def test_mase_averages_each_series_scaled_by_its_own_seasonal_naive_error() -> None:
+    """MASE was the pooled MAE over the mean scale: a series in thousands decided it, one in units did not count."""
+    spec = Params.model_validate({"tasks": {"panel": {**TINY_FORECAST, "source": "p.csv"}}}).task("panel")
+    kind, season = kind_for(spec), spec.prepare.season
+    stamps = pd.date_range("2020-01-05", periods=120, freq="W-SUN")
+    runs = []
+    for sid, size, miss in (("big", 1000.0, 1.0), ("small", 1.0, 1.0)):
+        values = size * (np.arange(120.0) % season + np.arange(120.0) * 0.01)  # [120]
+        runs.append(SeriesForecasts(series_id=sid, timestamps=stamps, values=values, n_train=80, first=80, end=120,
+                                    forecasts=[(80, values[80:100] + miss * (size if sid == "small" else 0.0))]))
+    scale = 0.01 * season * np.array([1000.0, 1.0])  # each series' in-sample seasonal-naive MAE (its trend)
+    assert kind.forecast_metrics(runs)["mase"] == pytest.approx(np.mean([0.0, 1.0 / scale[1]]))
+    assert kind.forecast_metrics(runs)["mae"] == pytest.approx(0.5)  # pooled, in the data's units
