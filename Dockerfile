@@ -41,9 +41,12 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin seqops
 WORKDIR /app
 # The checkout the flow works in: params.yaml, dvc.yaml, data.dvc, .dvc/, prefect.yaml, deploy/.
 # The flow writes into it (data/, prepared/, dvc.lock, ...), so /app itself belongs to seqops too;
-# .seqops/ is created here so a named volume mounted on it starts out owned by the seqops user.
+# The folders compose mounts named volumes on (.seqops/ and the workspace's data/, prepared/, artifacts/,
+# metrics/, which the build context leaves out) are created here, so each volume starts out owned by the
+# seqops user: Docker copies a mount point's owner into a new volume, and one it had to create is root's.
 COPY --chown=seqops:seqops . /app
-RUN mkdir -p /app/.seqops && chown seqops:seqops /app /app/.seqops
+RUN mkdir -p /app/.seqops /app/data /app/prepared /app/artifacts /app/metrics \
+    && chown seqops:seqops /app /app/.seqops /app/data /app/prepared /app/artifacts /app/metrics
 
 USER seqops
 ENV SEQOPS_ROOT=/app \

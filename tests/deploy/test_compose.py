@@ -189,6 +189,9 @@ def test_env_example_leaves_every_secret_empty_with_the_command_that_makes_it() 
 
 
 def test_build_context_leaves_out_secrets_and_local_state() -> None:
+    """`secrets/` (the signing key, Dask's TLS keys) was copied into every image, a model server's too."""
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
-    assert {".env", ".git", ".venv", ".seqops", ".dvc/config.local", ".dvc/cache"} <= ignored
+    assert {".env", "secrets", ".git", ".venv", ".seqops", ".dvc/config.local", ".dvc/cache"} <= ignored
+    files = [entry["file"] for entry in COMPOSE["secrets"].values() if "file" in entry]
+    assert files and all(f.startswith("./secrets/") for f in files)  # each under the folder the image leaves out
     assert "deploy" not in ignored and "prefect.yaml" not in ignored

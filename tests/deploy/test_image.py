@@ -6,6 +6,7 @@ import json
 import re
 
 from tests.deploy.support import (
+    COMPOSE,
     REPO,
     dockerfile_instructions,
 )
@@ -30,3 +31,16 @@ def test_image_runs_as_a_non_root_user_in_app_and_prints_help_by_default() -> No
     assert users and users[-1] not in ("root", "0")
     assert [args for instruction, args in steps if instruction == "WORKDIR"][-1] == "/app"
     assert json.loads([args for instruction, args in steps if instruction == "CMD"][-1]) == ["seqops", "--help"]
+
+
+def test_every_folder_compose_mounts_a_named_volume_on_is_created_for_the_image_user() -> None:
+    """data/, prepared/, artifacts/ and metrics/ are left out of the build context, so Docker created their volumes
+    root-owned and the worker (uid 10001) could not write ingest's or prepare's output."""
+    runs = " ".join(args for instruction, args in dockerfile_instructions(REPO / "Dockerfile") if instruction == "RUN")
+    mounted = {volume.split(":")[1] for service in COMPOSE["services"].values()
+               for volume in service.get("volumes", []) if isinstance(volume, str)
+               and volume.split(":")[0] in COMPOSE.get("volumes", {}) and volume.split(":")[1].startswith("/app")}
+    assert {"/app/.seqops", "/app/data", "/app/prepared"} <= mounted
+    for folder in mounted:
+        assert re.search(rf"mkdir -p [^&]*{re.escape(folder)}(\s|$)", runs), folder
+        assert re.search(rf"chown seqops:seqops [^&]*{re.escape(folder)}(\s|$)", runs), folder
