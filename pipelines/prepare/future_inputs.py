@@ -59,7 +59,8 @@ class FutureInputs:
         anchor's time of day (pandas' own slots keep any time of day: 2021-08-01T13:45 was a month start)."""
         offset = to_offset(self.freq)
         if isinstance(offset, Tick):
-            return self.anchor is None or (stamp - pd.Timestamp(self.anchor)).value % offset.nanos == 0
+            # integer nanoseconds: a Timedelta between stamps centuries apart overflows (1677 against a 2024 anchor)
+            return self.anchor is None or (stamp.value - pd.Timestamp(self.anchor).value) % offset.nanos == 0
         if self.anchor is not None:
             anchor = pd.Timestamp(self.anchor)
             if stamp - stamp.normalize() != anchor - anchor.normalize():

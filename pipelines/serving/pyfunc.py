@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array, Map
+from pandas.tseries.frequencies import to_offset
 
 from models import ModelConfig, SequenceModel
 from models.inference import DeadlineExceeded, stepper_for
@@ -245,6 +246,17 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
                        f"(frequency {self.future.freq!r})")
         return local
 
+    def _check_span(self, last: pd.Timestamp, length: int, horizon: int, index: int) -> None:
+        """Refuse a history or horizon whose calendar runs past the timestamps pandas can hold (a `last_timestamp`
+        of 2262-04-05 with 10 days ahead): the horizon's timestamps raised OutOfBoundsDatetime, a 500."""
+        step = to_offset(self.future.freq)
+        try:
+            last + step * horizon, last - step * (length - 1)
+        except (OverflowError, pd.errors.OutOfBoundsDatetime):
+            raise bad_input(f"record {index}: field 'last_timestamp' {last.isoformat()} with {length} history steps "
+                            f"and horizon {horizon} runs outside the timestamps a model can forecast "
+                            f"({pd.Timestamp.min:%Y-%m-%d} to {pd.Timestamp.max:%Y-%m-%d})") from None
+
     def _horizon(self, params: dict[str, Any] | None) -> int:
         """`params.horizon` within 1..serving.max_horizon. An integer literal too large for a float (thousands of
         digits) arrives as infinity (pipelines/serving/requests.py): out of range, not a non-integer."""
@@ -342,6 +354,8 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         for index, row in enumerate(model_input.to_dict("records")):
             history = self._history(row, index)
             future, last = self._future(row, index, horizon), self._last_timestamp(row, index)
+            if last is not None:
+                self._check_span(last, len(history["history"]), horizon, index)
             rows.append(ForecastRow(_series_id(row.get("series_id"), index), history, future, last, horizon, levels))
         # a quantile variant warms each record once, then steps SAMPLE_PATHS paths over the horizon
         paths = SAMPLE_PATHS if self.quantiles else 1

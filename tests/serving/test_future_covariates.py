@@ -124,3 +124,14 @@ def test_without_future_inputs_covariates_are_held_at_their_last_value_as_before
     history = torch.randn(2, 10, 3)  # [B, T, F]
     held = history[:, -1:].expand(2, 4, 3)  # [B, H - 1, F]
     assert torch.allclose(network.forecast(history, 5), network.forecast(history, 5, held))
+
+
+def test_a_horizon_or_history_running_past_the_storable_timestamps_is_refused(served) -> None:
+    """`last_timestamp` 2262-04-11T22:00 is storable, its horizon's timestamps are not: OutOfBoundsDatetime, a 500."""
+    model, frame = served
+    row = record(frame, [0.0] * HORIZON)
+    for last in ("2262-04-11T22:00:00", "1677-09-22T00:00:00"):
+        with pytest.raises(MlflowException, match=r"record 0: field 'last_timestamp' .* runs outside the timestamps "
+                                                  r"a model can forecast \(1677-09-21 to 2262-04-11\)") as caught:
+            model.predict(pd.DataFrame([{**row, "last_timestamp": last}]), params={"horizon": HORIZON})
+        assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
