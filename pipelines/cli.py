@@ -50,6 +50,9 @@ class _SeqopsGroup(TyperGroup):
                         "there", fg=typer.colors.RED, err=True)
             raise typer.Exit(INTERRUPTED) from None
         except Exception as e:
+            if refused := console.refused_access(e):
+                typer.secho(f"error: {refused}", fg=typer.colors.RED, err=True)
+                raise typer.Exit(USER_ERROR) from None
             log = console.bug_log(e, ctx.invoked_subcommand or "seqops")
             what = str(e) if isinstance(e, console.StageBug) else f"unexpected {type(e).__name__}: {e}"
             typer.secho(f"error: {what} (a bug in seqops; the traceback is in {log})", fg=typer.colors.RED, err=True)

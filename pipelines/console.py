@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -315,6 +316,32 @@ def _has_fd(stream: Any) -> bool:
     except (AttributeError, OSError, ValueError):
         return False
     return True
+
+
+_REFUSED = re.compile(r"\b(401|403)\b")
+
+
+def refused_access(error: BaseException) -> str | None:
+    """What to set when `error` (or an exception it was raised from) is a tracking or Prefect server refusing
+    these credentials (HTTP 401 / 403): a configuration to fix, not a bug in seqops. None otherwise."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        response = getattr(error, "response", None)
+        status = getattr(response, "status_code", None)
+        name = type(error).__name__
+        if name == "MlflowException" and (_REFUSED.search(str(error).split("Response body", 1)[0])
+                                           or getattr(error, "error_code", "") in ("UNAUTHENTICATED",
+                                                                                  "PERMISSION_DENIED")):
+            return (f"the MLflow server at {os.environ.get('MLFLOW_TRACKING_URI', 'MLFLOW_TRACKING_URI')} refused "
+                    f"these credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an identity it "
+                    f"knows with the rights this command needs (README \"Scaled setup\")")
+        if status in (401, 403) and "prefect" in type(error).__module__.lower() + str(getattr(response, "url", "")):
+            return (f"the Prefect API at {os.environ.get('PREFECT_API_URL', 'PREFECT_API_URL')} refused this "
+                    f"request ({status}): set PREFECT_API_AUTH_STRING to the server's auth string "
+                    f"(README \"Scaled setup\")")
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def bug_log(error: BaseException, command: str) -> Path:

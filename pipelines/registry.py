@@ -57,10 +57,16 @@ def _file_md5(path: Path) -> str:
 
 
 def champion_version(client: MlflowClient, name: str) -> str | None:
+    """The version `champion` points at; None only when the registry says there is none (no registered model, or
+    no alias). Any other failure (credentials refused, the server down) is raised: read as "no champion", it made
+    `seqops serve` blame a missing champion and would let promote crown a candidate without comparing it."""
     try:
         return str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        return None
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+                e.error_code == "INVALID_PARAMETER_VALUE" and "alias" in str(e) and "not found" in str(e)):
+            return None
+        raise
 
 
 def decide(candidate: float, champion: float | None, min_improvement: float,

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import http.server
 import json
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -115,6 +117,42 @@ def test_missing_champion_fails_in_one_line_without_a_traceback(serving_project)
     assert done.returncode != 0
     assert done.stderr.strip() == "error: seqops-orphan has no champion yet: run `seqops run --task orphan` first"
     assert "Traceback" not in done.stdout + done.stderr
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """A tracking server behind basic auth, to a client without credentials: 401 to every request."""
+
+    def _refuse(self) -> None:
+        body = b"You are not authenticated. Please see the documentation to set up authentication."
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _refuse
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_refused_credentials_are_named_not_blamed_on_a_missing_champion(serving_project) -> None:
+    """`seqops serve` without MLflow credentials said "seqops-forecast has no champion yet" (the champion existed;
+    the server had answered 401), and `seqops run` called such a 401 a bug in seqops."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = thread_env()
+        env.update(SEQOPS_ROOT=str(serving_project), MLFLOW_TRACKING_URI=f"http://127.0.0.1:{server.server_port}")
+        done = subprocess.run([str(Path(sys.executable).parent / "seqops"), "serve", "forecast", "--port", "1"],
+                              capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 2 and "no champion" not in done.stderr and "a bug in seqops" not in done.stderr
+    assert done.stderr.strip() == (f"error: the MLflow server at http://127.0.0.1:{server.server_port} refused these "
+                                   "credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an "
+                                   "identity it knows with the rights this command needs (README \"Scaled setup\")")
 
 
 @pytest.fixture
