@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -98,13 +99,19 @@ def load_served(config: GatewayConfig, version: str | None = None) -> Served:
     # Verified, then loaded from the very files that were checked (signing.py says why); the tags first,
     # so an unsigned version is refused before anything is downloaded or a key is needed.
     check_promoted(config.model_name, str(found.version), found.tags, config.task)
-    files = download(config.model_name, str(found.version), Path(tempfile.mkdtemp(prefix="seqops-model-")))
-    verify(config.model_name, str(found.version), found.tags, files, verify_key(), config.task)
+    # The download lives only until the model is in memory: every reload and every worker made one, and none
+    # was removed, so a server polling a moving champion filled its disk.
+    folder = Path(tempfile.mkdtemp(prefix="seqops-model-"))
     try:
-        model = mlflow.pyfunc.load_model(str(files))
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise GatewayError(f"{uri} does not load: {type(e).__name__}: {first}") from None
+        files = download(config.model_name, str(found.version), folder)
+        verify(config.model_name, str(found.version), found.tags, files, verify_key(), config.task)
+        try:
+            model = mlflow.pyfunc.load_model(str(files))
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise GatewayError(f"{uri} does not load: {type(e).__name__}: {first}") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     torch.set_num_threads(config.threads)
     impl = model._model_impl
     python_model, context = getattr(impl, "python_model", None), getattr(impl, "context", None)

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -166,9 +167,13 @@ def tracking(serving_project, monkeypatch):
 
 
 @pytest.mark.parametrize("task, body", [("forecast", GOOD_FORECAST), ("sentiment", GOOD_SENTIMENT)])
-def test_fast_path_answers_what_mlflow_scoring_answers(tracking, task: str, body: dict) -> None:
+def test_fast_path_answers_what_mlflow_scoring_answers(tracking, task: str, body: dict, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """...from the model in memory: its download is gone once it is loaded (every reload left one behind)."""
     config = GatewayConfig(task, f"seqops-{task}", tracking.tracking_uri)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     served = load_served(config)
+    assert not list(tmp_path.glob("seqops-model-*"))
     model = mlflow.pyfunc.load_model(f"models:/seqops-{task}/1")
     raw = json.dumps(body).encode()
     status, fast = invoke(served.predict, served.inputs, raw)
