@@ -101,6 +101,22 @@ def track(root: Path, target: str = "data") -> DataVersion:
     return data_version(root)
 
 
+def restore(root: Path, target: str = "data") -> bool:
+    """`dvc pull` of what data.dvc records, for a workspace that lacks it (a fresh clone, a new worker volume):
+    rows added with `seqops data add` live only there, and ingesting the sources instead would version the data
+    without them. False, changing nothing, when there is no data.dvc or the remote does not hold it (a fresh
+    clone of the embedded setup, whose remote is this machine's .seqops/); files in the workspace that differ
+    from the recorded version are never overwritten."""
+    if not (root / f"{target}.dvc").is_file():
+        return False
+    with _repo(root) as repo:
+        try:
+            repo.pull(targets=[str(root / target)])
+        except Exception:  # nothing to pull from, or a local change DVC refuses to overwrite: ingest decides
+            return False
+    return True
+
+
 def push(root: Path, remote: str | None = None) -> None:
     """`dvc push` of everything tracked, to the default remote (or `remote`)."""
     with _repo(root) as repo:

@@ -29,7 +29,7 @@ from pipelines.data import fingerprint, ingest, versioning
 from pipelines.orchestration import policy as orchestration
 from pipelines.orchestration import recovery
 from pipelines.processes import raise_if_interrupted, stop_at_stage_boundaries
-from pipelines.project import project_root, seqops_home, tracking_uri
+from pipelines.project import project_root, raw_path, seqops_home, tracking_uri
 from pipelines.tasks.settings import task_spec
 
 SCHEDULED_RUN_ENV = "SEQOPS_SCHEDULED_RUN"  # "1" in the runs `seqops schedule` starts (its children inherit it)
@@ -72,6 +72,9 @@ def version_data(root: str, task_names: list[str]) -> dict[str, str]:
     logger = get_run_logger()
     path = Path(root)
     params = load_params(path)
+    remote = versioning.use_remote_from_env(path)
+    if any(not raw_path(path, name).is_file() for name in params.tasks) and versioning.restore(path):
+        logger.info("restored the raw data data.dvc records from the DVC remote (this workspace lacked it)")
     for task_name in task_names:
         spec = params.task(task_name)
         source = spec.source
@@ -80,7 +83,6 @@ def version_data(root: str, task_names: list[str]) -> dict[str, str]:
             logger.info("ingesting %s from %s: %s", task_name, source, reason)
             with console.timed(task_name, "ingest") as step:
                 step.note = "; ".join(filter(None, [reason, ingest.ingest(task_name, params, path).note]))
-    remote = versioning.use_remote_from_env(path)
     with console.timed("data", "version") as step:
         version = versioning.track(path)
         versioning.push(path)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from prefect.logging import disable_run_logger
 from typer.testing import CliRunner
 
 from pipelines.config import load_params
@@ -274,3 +276,37 @@ def test_cli_says_which_derived_settings_a_short_new_series_changes(tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert ("the next prepare derives horizon 10 (was 14), evaluate.horizon 10 (was 14), prepare.holdout 20 (was 28), "
             "prepare.validation 20 (was 28)") in result.output, result.output
+
+
+def test_a_workspace_without_the_raw_data_gets_the_recorded_version_back_not_a_fresh_ingest(
+        forecast: Path, tmp_path: Path) -> None:
+    """A fresh clone or a new worker volume has data.dvc but no data/: the run ingested the sources again and
+    versioned data without the rows `seqops data add` had added (they survived only in git history)."""
+    from pipelines.orchestration.flows import version_data
+
+    file = tmp_path / "new.csv"
+    weeks_after(forecast, 8).to_csv(file, index=False)
+    added = add_data(forecast, "forecast", file, load_params(forecast))
+    raw = raw_path(forecast, "forecast").read_bytes()
+    shutil.rmtree(forecast / "data")
+    shutil.rmtree(forecast / ".dvc" / "cache")  # a new machine: only the remote holds the bytes
+
+    with disable_run_logger():
+        version = version_data.fn(str(forecast), ["forecast"])
+
+    assert raw_path(forecast, "forecast").read_bytes() == raw  # the added weeks included
+    assert version["md5"] == added.version.md5 and git(forecast, "status", "--porcelain", "data.dvc") == ""
+
+
+def test_without_a_remote_copy_the_sources_are_ingested_as_before(forecast: Path) -> None:
+    from pipelines.orchestration.flows import version_data
+
+    before = raw_path(forecast, "forecast").read_bytes()
+    shutil.rmtree(forecast / "data")
+    shutil.rmtree(forecast / ".dvc" / "cache")
+    shutil.rmtree(forecast / ".seqops" / "dvc-remote", ignore_errors=True)  # nothing anywhere to pull
+
+    with disable_run_logger():
+        version_data.fn(str(forecast), ["forecast"])
+
+    assert raw_path(forecast, "forecast").read_bytes() == before  # the built-in source ingested again
