@@ -109,11 +109,18 @@ def restore(root: Path, target: str = "data") -> bool:
     from the recorded version are never overwritten."""
     if not (root / f"{target}.dvc").is_file():
         return False
+    loggers = [logging.getLogger(name) for name in DVC_LOGGERS]
+    levels = [logger.level for logger in loggers]
     with _repo(root) as repo:
+        for logger in loggers:  # "missing cache files" is the expected answer of an empty remote
+            logger.setLevel(logging.CRITICAL)
         try:
             repo.pull(targets=[str(root / target)])
         except Exception:  # nothing to pull from, or a local change DVC refuses to overwrite: ingest decides
             return False
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
     return True
 
 
