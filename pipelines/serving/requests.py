@@ -87,8 +87,8 @@ def decode_json(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         pass  # orjson refuses NaN/Infinity and integers over 64 bits; the standard parser takes them
-    try:
-        return json.loads(body, parse_int=_integer)
+    try:  # decoded here: given bytes, json.loads guesses UTF-16 or UTF-32 from the first bytes and accepts them
+        return json.loads(body.decode("utf-8"), parse_int=_integer)
     except UnicodeDecodeError:
         raise InputError("the request body is not UTF-8 encoded JSON") from None
     except json.JSONDecodeError as e:

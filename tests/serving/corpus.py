@@ -72,6 +72,8 @@ def envelope_cases(good: dict) -> list[Case]:
         Case("json-string", b'"dataframe_records"', JSON, 400, "must be a JSON object"),
         Case("json-null", b"null", NO_TYPE, 400, "must be a JSON object"),
         Case("not-utf8", b'{"dataframe_records": [{"x": "\xff\xfe"}]}', JSON, 400, "not UTF-8"),
+        # bytes json.loads would take: it guesses UTF-16 from the first bytes, a charset the contract refuses
+        Case("utf16-without-charset", one.decode().encode("utf-16"), JSON, 400, "not UTF-8"),
         Case("deeply-nested", b"[" * 5000 + b"]" * 5000, JSON, 400, "nested too deeply"),
         Case("no-input-key", _json({"params": {}}), JSON, 400, "needs exactly one of"),
         Case("two-input-keys", _json({"dataframe_records": [good], "instances": [good]}), JSON, 400,
