@@ -1,10 +1,13 @@
 #!/bin/sh
 # Entrypoint of the mlflow service: the tracking server behind MLflow's basic-auth app, configured
-# from secret files so no password sits in the compose file, the environment or the process list.
+# from secret files so no password sits in the compose file, the container's configured environment or the
+# process list (MLflow itself reads the database URI, the CSRF key and the S3 secret from the environment
+# this script exports to the server process only).
 #
 #   SECRETS_DIR        where compose mounts the secrets (default /run/secrets):
 #                      mlflow_db_password, mlflow_admin_password, mlflow_flask_secret_key (CSRF),
-#                      s3_mlflow_secret_key (optional: the artifact store's secret key)
+#                      s3_mlflow_secret_key (the artifact store's secret key: required when AWS_ACCESS_KEY_ID
+#                      names an S3 identity, else MLflow starts healthy and every artifact upload fails)
 #   MLFLOW_DB_HOST, MLFLOW_DB_PORT, MLFLOW_DB_USER, MLFLOW_DB, MLFLOW_AUTH_DB
 #   MLFLOW_AUTH_CONFIG_PATH   where the auth app's ini is written (0600)
 #
@@ -23,7 +26,11 @@ MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$secrets/mlflow_flask_secret_key")"
 : "${MLFLOW_FLASK_SERVER_SECRET_KEY:?$secrets/mlflow_flask_secret_key is empty: see .env.example}"
 export MLFLOW_FLASK_SERVER_SECRET_KEY
 # The S3 identity `mlflow` (read/write on the artifact bucket), when the artifacts live in S3.
-if [ -f "$secrets/s3_mlflow_secret_key" ]; then
+if [ -n "${AWS_ACCESS_KEY_ID:-}" ]; then
+    AWS_SECRET_ACCESS_KEY="$(cat "$secrets/s3_mlflow_secret_key" 2>/dev/null || true)"
+    : "${AWS_SECRET_ACCESS_KEY:?AWS_ACCESS_KEY_ID is set but $secrets/s3_mlflow_secret_key is missing or empty: every artifact upload would fail; see .env.example}"
+    export AWS_SECRET_ACCESS_KEY
+elif [ -f "$secrets/s3_mlflow_secret_key" ]; then
     AWS_SECRET_ACCESS_KEY="$(cat "$secrets/s3_mlflow_secret_key")"
     export AWS_SECRET_ACCESS_KEY
 fi

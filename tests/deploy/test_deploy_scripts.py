@@ -111,3 +111,17 @@ def test_entrypoint_leaves_dvc_alone_when_no_remote_is_configured(tmp_path: Path
     result = subprocess.run(["sh", str(REPO / "deploy" / "entrypoint.sh"), "true"],
                             env={**env, "SEQOPS_ROOT": str(root)}, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and not (root / ".dvc" / "config.local").exists()
+
+
+def test_mlflow_start_refuses_an_s3_identity_without_its_secret_key(tmp_path: Path) -> None:
+    """Without the file it started "healthy" and every artifact upload answered 500 (PartialCredentialsError)."""
+    for name in ("mlflow_db_password", "mlflow_admin_password", "mlflow_flask_secret_key"):
+        (tmp_path / name).write_text("s" * 32)
+    env = {"PATH": os.environ["PATH"], "SECRETS_DIR": str(tmp_path), "AWS_ACCESS_KEY_ID": "key-mlflow",
+           "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth" / "basic_auth.ini")}
+    result = subprocess.run(["sh", str(REPO / "deploy" / "mlflow" / "start.sh")], env=env, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode != 0
+    assert "AWS_ACCESS_KEY_ID is set but" in result.stderr
+    assert "s3_mlflow_secret_key is missing or empty" in result.stderr
+    assert not (tmp_path / "auth").exists()  # stopped before writing anything
