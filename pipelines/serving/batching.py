@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -108,13 +109,17 @@ class Batcher:
 
 def score(jobs: list[Job], timed_out: bytes) -> list[Answer]:
     """Score a batch in the prediction thread: each job's (status, body). A failure is retried job by job, so
-    one request's failure never becomes its batch-mates' answer; past the latest deadline the work stops."""
+    one request's failure never becomes its batch-mates' answer. The batch stops at its earliest deadline and
+    the jobs with time left are scored alone: batched to the latest one, small requests that joined a request
+    heavy enough to run out its time all got its 504 (one client could time out everyone, every 10 s)."""
     scorer = jobs[0].served.scorer
     try:
-        predictions = scorer.predict_prepared([j.prepared for j in jobs], max(j.deadline for j in jobs))
+        predictions = scorer.predict_prepared([j.prepared for j in jobs], min(j.deadline for j in jobs))
         return [(200, serialize(p)) for p in predictions]
     except DeadlineExceeded:
-        return [(504, timed_out)] * len(jobs)
+        if len(jobs) == 1:
+            return [(504, timed_out)]
+        return [score([job], timed_out)[0] if time.monotonic() < job.deadline else (504, timed_out) for job in jobs]
     except Exception as e:
         if len(jobs) > 1:
             return [score([job], timed_out)[0] for job in jobs]

@@ -20,9 +20,12 @@ from pathlib import Path
 import httpx
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.pyfunc import scoring_server
 
+from pipelines.serving import batching
+from pipelines.serving.batching import Job
 from pipelines.serving.gateway import Gateway, GatewayConfig, Served, load_served
 from pipelines.serving.requests import ModelInputs, invoke
 from pipelines.signing import VERIFY_KEY_ENV, default_key_paths
@@ -190,6 +193,24 @@ def test_fast_path_answers_what_mlflow_scoring_answers(tracking, task: str, body
                 assert np.allclose([value[k] for k in sorted(value)], [theirs[key][k] for k in sorted(value)])
             else:
                 assert value == theirs[key]
+
+
+def test_a_heavy_request_does_not_take_its_small_batch_mates_past_their_deadline(tracking) -> None:
+    """A request within every limit (hundreds of long histories, the longest horizon) ran its 10 s out and every
+    small request batched with it got its 504: the batch ran to the latest deadline, so all timed out together."""
+    served = load_served(tracking)
+    heavy = served.scorer.prepare(pd.DataFrame({"history": [[330.0 + 0.05 * i for i in range(3000)]] * 300}),
+                                  {"horizon": 104})  # this model's serving.max_horizon
+    small = served.scorer.prepare(pd.DataFrame(GOOD_FORECAST["dataframe_records"]), GOOD_FORECAST["params"])
+    started = time.monotonic()
+    served.scorer.predict_prepared([heavy])
+    alone = time.monotonic() - started
+    now = time.monotonic()
+    jobs = [Job(served, heavy, now + alone / 4, None), Job(served, small, now + 30.0, None)]
+    answers = batching.score(jobs, b"timed out")
+    assert answers[0] == (504, b"timed out")
+    assert answers[1][0] == 200 and len(json.loads(answers[1][1])["predictions"][0]["forecast"]) == 4
+    assert time.monotonic() - now < alone  # stopped at the heavy request's deadline, not run to the end
 
 
 def _stub(predict, version: str = "7") -> Served:
