@@ -64,12 +64,14 @@ app = typer.Typer(cls=_SeqopsGroup, help="seqops: recurrent sequence models from
 
 
 def example_request(task: str, root: Path) -> dict:
-    """A request the task's champion answers: its kind builds it (pipelines/tasks/), from the prepared data."""
+    """A request the task's champion answers: its kind builds it (pipelines/tasks/), from the prepared data and
+    the task as prepare resolved it (a five-line task's min_history and horizon are derived, None in params)."""
     from pipelines.config import load_params
     from pipelines.project import prepared_dir
     from pipelines.tasks import kind_for
+    from pipelines.tasks.settings import task_spec
 
-    return kind_for(load_params(root).task(task)).example_request(prepared_dir(root, task))
+    return kind_for(task_spec(root, task, load_params(root))).example_request(prepared_dir(root, task))
 
 
 REST_NOTE_CHARS = 90  # the serve check's response, cut to one line

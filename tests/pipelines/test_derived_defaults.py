@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipelines.cli import example_request
 from pipelines.config import ConfigError, TimeSeriesTask, load_params
 from pipelines.data.ingest import ingest
 from pipelines.prepare.stage import prepare
@@ -135,6 +136,11 @@ def test_prepare_writes_the_resolved_task_that_later_stages_read(tmp_path: Path)
     prepare(tmp_path, "sales", params)
     spec = task_spec(tmp_path, "sales", params)
     assert spec.freq == "MS" and spec.variants and derived_settings(tmp_path, "sales")["freq"] == "MS"
+    # `seqops run`'s REST check builds its request from the resolved task: params.yaml's min_history is None
+    # (a TypeError every night for every five-line forecast task)
+    request = example_request("sales", tmp_path)
+    assert len(request["dataframe_records"][0]["history"]) >= spec.serving.min_history
+    assert request["params"] == {"horizon": spec.serving.default_horizon}
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tasks": {"sales": {**FIVE_LINES, "horizon": 3}}}))
     with pytest.raises(ConfigError, match=r"tasks\.sales in params.yaml changed since prepare@sales"):
