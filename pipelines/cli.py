@@ -369,6 +369,12 @@ def data_add(
         raise CommandError(f"--mode must be one of {list(MODES)}, got {mode!r}")
     root = project_root()
     added = add_data(root, task, file.resolve(), load_params(root), mode)  # type: ignore[arg-type]
+    if added.resumed:
+        typer.echo(f"{task}: {file.name} is the file last added to the raw data ({added.rows_after} rows); "
+                   + (f"versioned and committed now as {added.commit[:12]} (an earlier add was interrupted)"
+                      if added.commit else "nothing left to do" if not added.changed
+                      else "versioned and pushed now (an earlier add was interrupted)"))
+        return
     typer.echo(added.summary)
     for reason, count in added.dropped.items():
         typer.echo(f"  {reason.replace('_', ' ')}: {count} rows")

@@ -25,7 +25,7 @@ import pandas as pd
 from pipelines.config import Params
 from pipelines.data import versioning
 from pipelines.data.atomic import write_atomic
-from pipelines.data.fingerprint import note_added, record_path
+from pipelines.data.fingerprint import file_sha256, note_added, read_record, record_path
 from pipelines.data.sources import read_source, read_table
 from pipelines.project import raw_path
 from pipelines.tasks import TaskKind, TaskSpec, kind_for
@@ -45,6 +45,7 @@ class Added:
     changed: bool
     commit: str | None
     dropped: dict[str, int] = field(default_factory=dict)
+    resumed: bool = False  # the file was the last one added: an interrupted add finished (versioned, committed)
     # derived settings the data changed: key -> (before, after); the next prepare runs with `after`
     derived_changes: dict[str, tuple[object, object]] = field(default_factory=dict)
 
@@ -78,6 +79,8 @@ def add_data(root: Path, task: str, file: Path, params: Params, mode: Mode = "ap
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
     spec = params.task(task)
     kind = kind_for(spec)
+    if _last_added(root, task, file, mode):
+        return _finish(root, task, file, mode)
     name = str(file)
     clean, dropped = kind.validate(read_table(file, spec.kind == "text"), name)
     path = raw_path(root, task)
@@ -118,6 +121,28 @@ def add_data(root: Path, task: str, file: Path, params: Params, mode: Mode = "ap
                  rows_in_file=len(clean), rows_after=len(merged), version=versioning.data_version(root),
                  changed=version.md5 != before, commit=commit, dropped={k: v for k, v in dropped.items() if v},
                  derived_changes=changes)
+
+
+def _last_added(root: Path, task: str, file: Path, mode: str) -> bool:
+    """Whether `file` (same bytes, same mode) is the last one source.json records as added to the raw data."""
+    last = ((read_record(root, task) or {}).get("added") or [None])[-1]
+    return bool(last) and raw_path(root, task).is_file() and last["mode"] == mode \
+        and last["sha256"] == file_sha256(file)
+
+
+def _finish(root: Path, task: str, file: Path, mode: str) -> Added:
+    """The rest of an add whose raw data was written: `dvc add`, `dvc push`, commit; each a no-op when done. A
+    `data add` killed after writing left the rows unversioned and uncommitted, and its retry was refused (the
+    rows were no longer after the raw data's end)."""
+    before = versioning.data_version(root).md5 if (root / versioning.DATA_DVC).is_file() else None
+    rows = len(pd.read_parquet(raw_path(root, task)))
+    version = versioning.track(root)
+    versioning.use_remote_from_env(root)
+    versioning.push(root)
+    commit = versioning.commit_data_version(root, commit_message(task, mode, file, rows, version.md5))
+    return Added(task=task, mode=mode, rows_before=rows, rows_in_file=0, rows_after=rows,
+                 version=versioning.data_version(root), changed=version.md5 != before or commit is not None,
+                 commit=commit, resumed=True)
 
 
 def _derived_changes(kind: TaskKind, existing: pd.DataFrame | None, merged: pd.DataFrame) -> dict[str, tuple]:

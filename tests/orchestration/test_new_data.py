@@ -310,3 +310,29 @@ def test_without_a_remote_copy_the_sources_are_ingested_as_before(forecast: Path
         version_data.fn(str(forecast), ["forecast"])
 
     assert raw_path(forecast, "forecast").read_bytes() == before  # the built-in source ingested again
+
+
+def test_an_add_interrupted_after_writing_is_finished_by_its_retry(forecast: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed between writing the rows and `dvc add`, the add left them unversioned and uncommitted, and its retry
+    was refused: the rows were no longer after the raw data's end."""
+    file = tmp_path / "night.csv"
+    weeks_after(forecast, 4).to_csv(file, index=False)
+    head = git(forecast, "rev-parse", "HEAD").strip()
+
+    def killed(root: Path, target: str = "data") -> None:
+        raise KeyboardInterrupt  # the moment a SIGKILL or Ctrl-C can land: rows written, not versioned
+    with monkeypatch.context() as patched:
+        patched.setattr(versioning, "track", killed)
+        with pytest.raises(KeyboardInterrupt):
+            add_data(forecast, "forecast", file, load_params(forecast))
+    written = raw_path(forecast, "forecast").read_bytes()
+    assert git(forecast, "rev-parse", "HEAD").strip() == head  # nothing versioned or committed
+
+    retried = add_data(forecast, "forecast", file, load_params(forecast))
+
+    assert retried.resumed and retried.commit == git(forecast, "rev-parse", "HEAD").strip() != head
+    assert raw_path(forecast, "forecast").read_bytes() == written  # the rows once, not twice
+    assert yaml.safe_load((forecast / "data.dvc").read_text())["outs"][0]["md5"] == retried.version.md5
+    again = add_data(forecast, "forecast", file, load_params(forecast))
+    assert again.resumed and not again.changed and again.commit is None  # done: nothing left to do
