@@ -378,6 +378,8 @@ def data_add(
     typer.echo(added.summary)
     for reason, count in added.dropped.items():
         typer.echo(f"  {reason.replace('_', ' ')}: {count} rows")
+    for gap in added.gaps:
+        typer.secho(f"  warning: {gap}", fg=typer.colors.YELLOW)
     if added.derived_changes:
         typer.echo("  the next prepare derives " + ", ".join(
             f"{key} {after} (was {before})" for key, (before, after) in added.derived_changes.items())

@@ -46,6 +46,7 @@ class Added:
     commit: str | None
     dropped: dict[str, int] = field(default_factory=dict)
     resumed: bool = False  # the file was the last one added: an interrupted add finished (versioned, committed)
+    gaps: list[str] = field(default_factory=list)  # steps the appended rows leave without data (`appended_gaps`)
     # derived settings the data changed: key -> (before, after); the next prepare runs with `after`
     derived_changes: dict[str, tuple[object, object]] = field(default_factory=dict)
 
@@ -92,6 +93,7 @@ def add_data(root: Path, task: str, file: Path, params: Params, mode: Mode = "ap
         rows_before = len(existing)
         merged, repeats = kind.merge(existing, clean, name)  # drops what repeats across the old rows and the file's
         dropped = {k: dropped.get(k, 0) + repeats.get(k, 0) for k in {*dropped, *repeats}}
+    gaps = kind.appended_gaps(existing, merged) if mode == "append" else []
 
     kind.check_preparable(merged, f"{task} with {file.name} {'added' if mode == 'append' else 'as its data'}")
     changes = _derived_changes(kind, existing, merged)
@@ -120,7 +122,7 @@ def add_data(root: Path, task: str, file: Path, params: Params, mode: Mode = "ap
     return Added(task=task, mode=mode, rows_before=rows_before,
                  rows_in_file=len(clean), rows_after=len(merged), version=versioning.data_version(root),
                  changed=version.md5 != before, commit=commit, dropped={k: v for k, v in dropped.items() if v},
-                 derived_changes=changes)
+                 derived_changes=changes, gaps=gaps)
 
 
 def _last_added(root: Path, task: str, file: Path, mode: str) -> bool:

@@ -77,6 +77,11 @@ class TaskKind(Protocol):
         table and the dropped-row counts of the merge."""
         ...
 
+    def appended_gaps(self, existing: pd.DataFrame, merged: pd.DataFrame) -> list[str]:
+        """`seqops data add --mode append`: one line per place where the appended rows leave steps without data
+        that prepare will make up (a lost night's file); empty when nothing is missing or the kind has no grid."""
+        ...
+
     def check_preparable(self, raw: pd.DataFrame, name: str) -> None:
         """InvalidDataError when prepare would refuse this raw table (checked by `seqops data add` before it
         writes, so an added file cannot break the next run)."""

@@ -73,6 +73,9 @@ class TextKind:
         return (f"by text hash (seed {settings.seed}, holdout {settings.holdout:g}, "
                 f"validation {settings.validation:g})")
 
+    def appended_gaps(self, existing: pd.DataFrame, merged: pd.DataFrame) -> list[str]:
+        return []  # texts have no order to leave a gap in
+
     def outputs(self) -> str | None:
         """The labels in output order (`labels ['negative', 'positive']`), once declared or read from the data."""
         return f"labels {self._labels}" if self._labels is not None else None

@@ -30,7 +30,7 @@ from pipelines.prepare.calendar_features import calendar_cycles
 from pipelines.prepare.features import SeriesTransform
 from pipelines.prepare.future_inputs import FutureInputs
 from pipelines.tasks.base import Calibration, Scored, shared_model_config, write_counts
-from pipelines.tasks.defaults import resolve
+from pipelines.tasks.defaults import resolve, task_frequency
 from pipelines.tasks.settings import describe, write_settings
 
 if TYPE_CHECKING:
@@ -118,6 +118,26 @@ class TimeSeriesKind:
 
     def holdout_split(self) -> None:
         return None
+
+    def appended_gaps(self, existing: pd.DataFrame, merged: pd.DataFrame) -> list[str]:
+        """Per series that had rows before, the grid steps after its old last row that the merged table leaves
+        without a row: prepare fills them (`gap_fill`) without a word, and append can never add them later."""
+        freq = task_frequency(self.spec, merged)
+        lines = []
+        for sid, old_rows in existing.groupby("series_id", sort=False):
+            last = old_rows["timestamp"].max()
+            stamps = merged.loc[(merged["series_id"] == sid) & (merged["timestamp"] > last), "timestamp"]
+            if stamps.empty:
+                continue
+            slots = pd.date_range(last, stamps.max(), freq=freq)[1:]  # [steps after the old end]
+            missing = slots.difference(pd.DatetimeIndex(stamps))
+            if len(missing):
+                where = f"series {sid!r}: " if self.spec.series_id else ""
+                lines.append(f"{where}{len(missing)} step{'s' if len(missing) > 1 else ''} without a row after the "
+                             f"raw data's last one ({last}), from {missing[0]} to {missing[-1]}: prepare fills them "
+                             f"({self.spec.gap_fill}); append cannot add them later, so add those rows now if you "
+                             f"have them")
+        return lines
 
     def outputs(self) -> None:
         return None  # a forecast, in the target's units: what a renamed target changes, `_required_inputs` sees

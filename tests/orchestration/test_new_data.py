@@ -336,3 +336,26 @@ def test_an_add_interrupted_after_writing_is_finished_by_its_retry(forecast: Pat
     assert yaml.safe_load((forecast / "data.dvc").read_text())["outs"][0]["md5"] == retried.version.md5
     again = add_data(forecast, "forecast", file, load_params(forecast))
     assert again.resumed and not again.changed and again.commit is None  # done: nothing left to do
+
+
+def test_an_append_that_leaves_steps_without_rows_says_which(forecast: Path, tmp_path: Path) -> None:
+    """A lost night's file: the next file was appended with a week missing, filled at prepare without a word,
+    and append could never add that week later."""
+    file = tmp_path / "late.csv"
+    weeks_after(forecast, 6).iloc[2:].to_csv(file, index=False)  # the first two weeks after the end are missing
+    last = pd.read_parquet(raw_path(forecast, "forecast"))["timestamp"].max()
+
+    added = add_data(forecast, "forecast", file, load_params(forecast))
+
+    assert added.gaps == [f"2 steps without a row after the raw data's last one ({last}), from "
+                          f"{last + pd.Timedelta(weeks=1)} to {last + pd.Timedelta(weeks=2)}: prepare fills them "
+                          f"(interpolate); append cannot add them later, so add those rows now if you have them"]
+    file = tmp_path / "next.csv"
+    weeks_after(forecast, 1).to_csv(file, index=False)
+    assert add_data(forecast, "forecast", file, load_params(forecast)).gaps == []  # right after the end: none
+    from pipelines.cli import app
+
+    file = tmp_path / "gap.csv"
+    weeks_after(forecast, 4).iloc[3:].to_csv(file, index=False)
+    result = CliRunner().invoke(app, ["data", "add", "forecast", str(file)])
+    assert result.exit_code == 0 and "  warning: 3 steps without a row after the raw data's last one" in result.output

@@ -143,6 +143,9 @@ class ToyKind:
         repeated = merged.duplicated()
         return merged[~repeated].reset_index(drop=True), {"dropped_repeated": int(repeated.sum())}
 
+    def appended_gaps(self, existing: pd.DataFrame, merged: pd.DataFrame) -> list[str]:
+        return []
+
     def check_preparable(self, raw: pd.DataFrame, name: str) -> None:
         if raw["label"].nunique() < 2:
             raise InvalidDataError(f"{name}: one label only")
