@@ -97,10 +97,11 @@ def run(
     from pipelines.summary import task_summary
 
     root = project_root()
+    verbose = console.verbose_requested(verbose)
     checked = load_params(root)  # params.yaml and the task names first: a typo is answered at once, not after
     for name in task or []:      # Prefect's API has started (13 to 40 s)
         checked.task(name)
-    with exit_on_sigterm(), remember_interrupts(), console.Session(root, console.verbose_requested(verbose)) as session:
+    with exit_on_sigterm(), remember_interrupts(), console.Session(root, verbose) as session:
         from pipelines.orchestration.flows import retrain
         from pipelines.orchestration.schedule import run_api
 
