@@ -10,7 +10,7 @@ stages in a throwaway project. Per panel it records the holdout MASE (per series
 `gru-series`, scaled per series: pipelines/tasks/defaults.py `default_variants`) and every baseline, which
 candidate cross-validation chose and what the gate served; bench/results/panels.json.
 
-`OMP_NUM_THREADS=1 .venv/bin/python -m bench.panels` (about 10 minutes on 2 cores); PANELS=name,name runs a
+`OMP_NUM_THREADS=1 .venv/bin/python -m bench.panels` (about 3 minutes on 2 cores); PANELS=name,name runs a
 subset. Not part of `make test`.
 """
 
