@@ -13,12 +13,10 @@ committed with a message naming the version; the next retrain sees a new data.md
 from __future__ import annotations
 
 import io
-import logging
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import pandas as pd
 
@@ -104,7 +102,7 @@ def add_data(root: Path, task: str, file: Path, params: Params, mode: Mode = "ap
     if path.read_bytes() != previous:  # a file that changes nothing is not recorded as added
         note_added(root, task, file, mode, len(clean), spec.source, kind.read_settings())
     try:
-        with _quiet("dvc.repo.scm_context"):  # its "git add data.dvc" hint: this commits data.dvc itself
+        with versioning.quiet("dvc.repo.scm_context"):  # its "git add data.dvc" hint: this commits data.dvc itself
             version = versioning.track(root)
     except Exception:
         _restore(path, previous)
@@ -156,17 +154,6 @@ def _derived_changes(kind: TaskKind, existing: pd.DataFrame | None, merged: pd.D
         return {}
     before, after = kind.derived_settings(existing), kind.derived_settings(merged)
     return {key: (before.get(key), value) for key, value in after.items() if before.get(key) != value}
-
-
-@contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _rows(data: bytes | None) -> int:

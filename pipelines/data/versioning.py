@@ -57,6 +57,20 @@ def _one_copy_of_dvc_logs() -> None:
 
 
 @contextmanager
+def quiet(*names: str, level: int = logging.WARNING) -> Iterator[None]:
+    """The named loggers print only from `level` up inside the block, as they did after it."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, before in zip(loggers, levels):
+            logger.setLevel(before)
+
+
+@contextmanager
 def _repo(root: Path) -> Iterator[Any]:
     """An open DVC repo, entered under the module lock with the process in its root.
 
@@ -109,18 +123,12 @@ def restore(root: Path, target: str = "data") -> bool:
     from the recorded version are never overwritten."""
     if not (root / f"{target}.dvc").is_file():
         return False
-    loggers = [logging.getLogger(name) for name in DVC_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    with _repo(root) as repo:
-        for logger in loggers:  # "missing cache files" is the expected answer of an empty remote
-            logger.setLevel(logging.CRITICAL)
+    # "missing cache files" is the expected answer of an empty remote: not printed
+    with _repo(root) as repo, quiet(*DVC_LOGGERS, level=logging.CRITICAL):
         try:
             repo.pull(targets=[str(root / target)])
         except Exception:  # nothing to pull from, or a local change DVC refuses to overwrite: ingest decides
             return False
-        finally:
-            for logger, level in zip(loggers, levels):
-                logger.setLevel(level)
     return True
 
 
