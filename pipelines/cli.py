@@ -98,9 +98,9 @@ def run(
 
     root = project_root()
     verbose = console.verbose_requested(verbose)
-    checked = load_params(root)  # params.yaml and the task names first: a typo is answered at once, not after
-    for name in task or []:      # Prefect's API has started (13 to 40 s)
-        checked.task(name)
+    params = load_params(root)  # params.yaml and the task names first: a typo is answered at once, not after
+    for name in task or []:     # Prefect's API has started (13 to 40 s)
+        params.task(name)
     with exit_on_sigterm(), remember_interrupts(), console.Session(root, verbose) as session:
         from pipelines.orchestration.flows import retrain
         from pipelines.orchestration.schedule import run_api
@@ -113,7 +113,6 @@ def run(
             with ThreadPoolExecutor(max_workers=len(summary) or 1) as pool:
                 for checked in [pool.submit(_serve_check, root, name) for name in summary]:
                     checked.result()
-        params = load_params(root)
         serve = "; ".join(f"`seqops serve {name}`" for name in summary)
         session.say(f"next: `seqops ui` (MLflow UI, runs and plots); {serve} (REST on :{params.serving.port})")
         for name, result in summary.items():

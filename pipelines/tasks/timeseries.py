@@ -417,9 +417,10 @@ class TimeSeriesKind:
         season, horizon = self.spec.prepare.season, self.spec.evaluate.horizon
         errors, mases = [], []
         for run in runs:
-            own = [(forecast[:len(actual)] - actual)[measured]
-                   for origin, forecast in run.forecasts
-                   for actual, measured in [run.actual(origin, horizon)]]  # each [<= H]
+            own = []
+            for origin, forecast in run.forecasts:
+                actual, measured = run.actual(origin, horizon)  # [<= H], [<= H] bool
+                own.append((forecast[:len(actual)] - actual)[measured])
             own = np.concatenate(own) if own else np.empty(0)  # [steps scored]
             if len(own):
                 errors.append(own)
